@@ -1,0 +1,307 @@
+"""CSV in, validated notes out: parsing, validation, summary, split, tokenisation and batching.
+
+Validation errors name the column and the rows (data rows counted from 1, the header excluded)
+and never quote a note: they travel to HTTP responses and logs.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import math
+import random
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REQUIRED_COLUMNS = ("Text", "label")
+ROWS_SHOWN = 10
+csv.field_size_limit(10 * 1024 * 1024)
+
+
+class DataValidationError(ValueError):
+    """A CSV that cannot be used; `code` is stable, `message` is for a person, `details` is structured."""
+
+    def __init__(self, code: str, message: str, details: dict | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details = details or {}
+
+
+@dataclass(frozen=True)
+class LabeledNotes:
+    texts: list[str]
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, indices: np.ndarray) -> LabeledNotes:
+        return LabeledNotes([self.texts[i] for i in indices], self.labels[indices])
+
+
+@dataclass(frozen=True)
+class DatasetSummary:
+    sha256: str
+    rows: int
+    class_counts: dict[str, int]
+    duplicates: int
+    duplicate_rows: list[int] = field(default_factory=list)
+    conflicting_duplicates: int = 0
+    truncated_at_max_length: int = 0
+    max_length: int = 256
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def inspect_csv(
+    source: bytes | Path | str, *, max_length: int = 256, base_model: str | None = None
+) -> tuple[LabeledNotes, DatasetSummary]:
+    """Parse and validate a CSV, and summarise it (duplicates, notes that will be truncated)."""
+    raw = source if isinstance(source, bytes) else Path(source).read_bytes()
+    notes = parse_labeled_csv(raw)
+    from ml.modeling import load_tokenizer
+
+    tokenizer = load_tokenizer(base_model)
+    return notes, summarize(notes, raw, tokenizer, max_length)
+
+
+def parse_labeled_csv(raw: bytes) -> LabeledNotes:
+    records = _records(_decode(raw))
+    header = next(records, None)
+    if header is None or not any(cell.strip() for cell in header):
+        raise DataValidationError(
+            "empty_file", "the file is empty: expected a header with columns Text,label"
+        )
+    text_col, label_col = _required_columns(header)
+    texts, labels, bad_labels, empty_texts, short_rows = [], [], [], [], []
+    for row_number, row in enumerate(records, start=1):
+        if len(row) <= max(text_col, label_col):
+            short_rows.append(row_number)
+            continue
+        text, label = row[text_col], row[label_col].strip()
+        if label not in ("0", "1", "0.0", "1.0"):
+            bad_labels.append(row_number)
+        if not text.strip():
+            empty_texts.append(row_number)
+        texts.append(text)
+        labels.append(1 if label in ("1", "1.0") else 0)
+    _raise_for_rows("malformed_row", short_rows, None, "rows with fewer fields than the header")
+    _raise_for_rows("bad_label", bad_labels, "label", "label must be 0 (survived) or 1 (died)")
+    _raise_for_rows("empty_text", empty_texts, "Text", "note text is empty")
+    if not texts:
+        raise DataValidationError("no_rows", "the file has a header but no data rows")
+    return LabeledNotes(texts, np.asarray(labels, dtype=np.int64))
+
+
+def parse_text_csv(raw: bytes) -> list[str]:
+    """Notes to predict on: only the Text column is needed (a label column is ignored)."""
+    records = _records(_decode(raw))
+    header = next(records, None)
+    if header is None or not any(cell.strip() for cell in header):
+        raise DataValidationError("empty_file", "the file is empty: expected a header with a Text column")
+    names = [cell.strip().lower() for cell in header]
+    if "text" not in names:
+        raise DataValidationError("missing_column", "missing column 'Text'", {"column": "Text"})
+    text_col = names.index("text")
+    texts, short_rows, empty_texts = [], [], []
+    for row_number, row in enumerate(records, start=1):
+        if len(row) <= text_col:
+            short_rows.append(row_number)
+        elif not row[text_col].strip():
+            empty_texts.append(row_number)
+        else:
+            texts.append(row[text_col])
+    _raise_for_rows("malformed_row", short_rows, None, "rows with fewer fields than the header")
+    _raise_for_rows("empty_text", empty_texts, "Text", "note text is empty")
+    if not texts:
+        raise DataValidationError("no_rows", "the file has a header but no data rows")
+    return texts
+
+
+def summarize(notes: LabeledNotes, raw: bytes, tokenizer, max_length: int) -> DatasetSummary:
+    first_label_of: dict[str, int] = {}
+    duplicate_rows, conflicting = [], 0
+    for row_number, (text, label) in enumerate(zip(notes.texts, notes.labels, strict=True), start=1):
+        key = " ".join(text.split()).lower()
+        if key in first_label_of:
+            duplicate_rows.append(row_number)
+            conflicting += int(first_label_of[key] != label)
+        else:
+            first_label_of[key] = int(label)
+    lengths = token_lengths(tokenizer, notes.texts)
+    return DatasetSummary(
+        sha256=hashlib.sha256(raw).hexdigest(),
+        rows=len(notes),
+        class_counts=class_counts(notes.labels),
+        duplicates=len(duplicate_rows),
+        duplicate_rows=duplicate_rows[:ROWS_SHOWN],
+        conflicting_duplicates=conflicting,
+        truncated_at_max_length=int(sum(length > max_length for length in lengths)),
+        max_length=max_length,
+    )
+
+
+def check_trainable(summary: DatasetSummary, min_rows: int) -> None:
+    """Training needs both classes and enough rows; evaluation data may have one class."""
+    if summary.rows < min_rows:
+        raise DataValidationError(
+            "too_few_rows",
+            f"training needs at least {min_rows} rows, the file has {summary.rows}",
+            {"rows": summary.rows, "min_rows": min_rows},
+        )
+    missing = [label for label in ("0", "1") if summary.class_counts.get(label, 0) == 0]
+    if missing:
+        raise DataValidationError(
+            "one_class",
+            f"training needs both classes in column 'label'; there are no rows with label {missing[0]}",
+            {"column": "label", "class_counts": summary.class_counts},
+        )
+    if min(summary.class_counts.values()) < 2:
+        raise DataValidationError(
+            "class_too_small",
+            "training needs at least 2 rows of each class to split train/validation",
+            {"column": "label", "class_counts": summary.class_counts},
+        )
+
+
+def class_counts(labels: np.ndarray) -> dict[str, int]:
+    return {"0": int((labels == 0).sum()), "1": int((labels == 1).sum())}
+
+
+def token_lengths(tokenizer, texts: list[str]) -> list[int]:
+    encoded = tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False)
+    return [len(ids) for ids in encoded["input_ids"]]
+
+
+def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified train/validation indices; the same labels and seed always give the same split."""
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for label in (0, 1):
+        members = np.flatnonzero(labels == label)
+        rng.shuffle(members)
+        n_val = min(len(members) - 1, max(1, round(len(members) * val_fraction))) if len(members) > 1 else 0
+        val.extend(members[:n_val])
+        train.extend(members[n_val:])
+    return np.sort(np.asarray(train, dtype=np.int64)), np.sort(np.asarray(val, dtype=np.int64))
+
+
+# --- tokenisation and batching -------------------------------------------------------------------
+
+
+def encode(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
+    """Token ids per note, truncated at max_length and not padded: padding happens per batch."""
+    return tokenizer(texts, truncation=True, max_length=max_length, verbose=False)["input_ids"]
+
+
+def pad_batch(sequences: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Dynamic padding: pad to the longest sequence of this batch, not to max_length."""
+    longest = max(len(seq) for seq in sequences)
+    input_ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), longest), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        input_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        attention_mask[row, : len(seq)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+def training_batches(
+    lengths: list[int], batch_size: int, seed: int, group_by_length: bool = True
+) -> list[list[int]]:
+    """One epoch's batches of indices, shuffled with `seed`.
+
+    With grouping, indices are shuffled, cut into windows of 50 batches, sorted by length inside each
+    window and then the batches are shuffled: batches hold similar lengths (little padding) while the
+    order of the epoch stays random.
+    """
+    rng = random.Random(seed)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    if group_by_length:
+        window = batch_size * 50
+        order = [
+            index
+            for start in range(0, len(order), window)
+            for index in sorted(order[start : start + window], key=lambda i: lengths[i], reverse=True)
+        ]
+    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def inference_batches(lengths: list[int], batch_size: int) -> Iterator[list[int]]:
+    """Batches of indices sorted by length (least padding); callers put results back in order."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
+
+
+def steps_per_epoch(n_rows: int, batch_size: int) -> int:
+    return math.ceil(n_rows / batch_size)
+
+
+# --- parsing helpers -----------------------------------------------------------------------------
+
+
+def _decode(raw: bytes) -> str:
+    if not raw.strip():
+        raise DataValidationError(
+            "empty_file", "the file is empty: expected a header with columns Text,label"
+        )
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise DataValidationError(
+            "not_utf8",
+            f"the file is not UTF-8 text (first invalid byte at offset {error.start}); save it as UTF-8 CSV",
+            {"byte_offset": error.start},
+        ) from None
+
+
+def _records(text: str) -> Iterator[list[str]]:
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        for row in reader:
+            if row and any(cell.strip() for cell in row):
+                yield row
+    except csv.Error:
+        raise DataValidationError(
+            "malformed_csv",
+            f"the CSV cannot be parsed near line {reader.line_num} (check quoting of notes with commas, "
+            "quotes or line breaks)",
+            {"line": reader.line_num},
+        ) from None
+
+
+def _required_columns(header: list[str]) -> tuple[int, int]:
+    names = [cell.strip().lower() for cell in header]
+    positions = []
+    for column in REQUIRED_COLUMNS:
+        if column.lower() not in names:
+            raise DataValidationError(
+                "missing_column",
+                f"missing column {column!r}: the header must contain the columns Text and label",
+                {"column": column},
+            )
+        positions.append(names.index(column.lower()))
+    return positions[0], positions[1]
+
+
+def _raise_for_rows(code: str, rows: list[int], column: str | None, problem: str) -> None:
+    if not rows:
+        return
+    shown = ", ".join(str(row) for row in rows[:ROWS_SHOWN])
+    more = f" and {len(rows) - ROWS_SHOWN} more" if len(rows) > ROWS_SHOWN else ""
+    where = f"column {column!r}: " if column else ""
+    raise DataValidationError(
+        code,
+        f"{where}{problem} in row(s) {shown}{more} (data rows counted from 1 after the header)",
+        {"column": column, "rows": rows[:ROWS_SHOWN], "count": len(rows)},
+    )

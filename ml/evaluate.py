@@ -1,0 +1,72 @@
+"""Compare models on new labelled notes: score each model once, then report with confidence."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ml.data import inspect_csv
+from ml.evaluation import ModelOutput, evaluate_outputs
+from ml.modeling import resolve_base_model
+from ml.predict import ModelCache
+
+MAX_MODELS = 8
+
+
+@dataclass(frozen=True)
+class EvaluationModel:
+    name: str
+    model_id: str | None
+    model_dir: Path | None  # None = the untrained base model
+
+
+def score_models(
+    texts: list[str], models: list[EvaluationModel], *, cache: ModelCache, base_model: str | None = None
+) -> list[ModelOutput]:
+    """P(died) per note for each model (temperature applied), with each model's stored threshold."""
+    outputs = []
+    for model in models:
+        scored = cache.score(model.model_dir, texts, base_model=base_model)
+        outputs.append(ModelOutput(model.name, model.model_id, scored.probabilities, scored.threshold))
+    return outputs
+
+
+def evaluate_models(
+    test_csv: Path | bytes,
+    models: list[EvaluationModel],
+    *,
+    cache: ModelCache,
+    base_model: str | None = None,
+    n_resamples: int = 1000,
+    seed: int = 0,
+) -> tuple[dict, dict[str, np.ndarray]]:
+    """(report, arrays): the JSON report, and y_true plus each model's probabilities for plots."""
+    if not 1 <= len(models) <= MAX_MODELS:
+        raise ValueError(f"an evaluation compares 1 to {MAX_MODELS} models, got {len(models)}")
+    names = [model.name for model in models]
+    if len(set(names)) != len(names):
+        raise ValueError("model names in one evaluation must be unique")
+    base_model = resolve_base_model(base_model)
+    notes, summary = inspect_csv(test_csv, base_model=base_model)
+    outputs = score_models(notes.texts, models, cache=cache, base_model=base_model)
+    report = evaluate_outputs(notes.labels, outputs, n_resamples=n_resamples, seed=seed)
+    report["data"] = summary.to_dict()
+    arrays = {"y_true": notes.labels, **{f"prob:{o.name}": o.prob for o in outputs}}
+    arrays.update({f"threshold:{o.name}": np.asarray([o.threshold]) for o in outputs})
+    return report, arrays
+
+
+def outputs_from_arrays(arrays: dict[str, np.ndarray], report: dict) -> tuple[np.ndarray, list[ModelOutput]]:
+    """Rebuild plot inputs from saved arrays (np.load of what evaluate_models returned)."""
+    outputs = [
+        ModelOutput(
+            entry["name"],
+            entry.get("model_id"),
+            np.asarray(arrays[f"prob:{entry['name']}"]),
+            float(np.asarray(arrays[f"threshold:{entry['name']}"])[0]),
+        )
+        for entry in report["models"]
+    ]
+    return np.asarray(arrays["y_true"]), outputs

@@ -1,0 +1,403 @@
+"""First and second fine-tunes: one explicit training loop, then an atomic model directory.
+
+The loop: AdamW, linear warm-up then linear decay, class-weighted cross-entropy, gradient clipping,
+bf16 autocast on CUDA, validation after every epoch, early stopping with patience on a chosen
+metric, and the best epoch's weights kept. Hooks report progress and let the caller stop the run.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import get_linear_schedule_with_warmup
+
+from ml import metrics as metric_fns
+from ml.config import ConfigError, TrainConfig
+from ml.data import (
+    DatasetSummary,
+    LabeledNotes,
+    check_trainable,
+    encode,
+    inspect_csv,
+    pad_batch,
+    steps_per_epoch,
+    stratified_split,
+    training_batches,
+)
+from ml.inference import predict_logits
+from ml.modeling import (
+    METHOD_REGISTRY,
+    adalora_ranks,
+    load_base_classifier,
+    load_tokenizer,
+    pick_device,
+    resolve_base_model,
+    trainable_parameter_count,
+)
+from models_store.store import atomic_directory, read_manifest, write_manifest
+
+MANIFEST_VERSION = 1
+
+
+@dataclass
+class Progress:
+    event: str  # "step" or "epoch_end"
+    epoch: int
+    epochs: int
+    step: int
+    total_steps: int
+    loss: float
+    metrics: dict | None
+    elapsed_s: float
+
+
+@dataclass
+class TrainHooks:
+    on_progress: Callable[[Progress], None] | None = None
+    should_stop: Callable[[], bool] | None = None
+
+
+class TrainingCancelled(Exception):
+    """The caller asked to stop (should_stop returned True); nothing was written."""
+
+
+class MethodMismatchError(ValueError):
+    """A continued fine-tune must use its parent's method."""
+
+
+@dataclass
+class _Split:
+    train: LabeledNotes
+    val: LabeledNotes
+    train_ids: list[list[int]]
+    val_ids: list[list[int]]
+
+
+def class_weights(labels: np.ndarray, weight_multiplier: float) -> torch.Tensor:
+    """Cross-entropy weights: w(0) = 1, w(1) = (n0 / n1) * weight_multiplier.
+
+    With multiplier 1 the two classes weigh the same in total; the seed's 0.8 leans slightly back
+    towards the majority class so the model is not pushed into over-predicting deaths.
+    """
+    n0, n1 = int((labels == 0).sum()), int((labels == 1).sum())
+    return torch.tensor([1.0, (n0 / n1) * weight_multiplier], dtype=torch.float32)
+
+
+def finetune(
+    train_csv: Path | bytes,
+    config: TrainConfig,
+    out_dir: Path,
+    *,
+    model_id: str | None = None,
+    base_model: str | None = None,
+    parent_dir: Path | None = None,
+    parent_train_csv: Path | bytes | None = None,
+    hooks: TrainHooks | None = None,
+) -> dict:
+    """Train a model on `train_csv` and write it to `out_dir`; returns its manifest.
+
+    With `parent_dir`, continue that model (its method and base model are inherited). With
+    `parent_train_csv` (the parent's own training file), the parent's validation split is rebuilt
+    and the manifest carries the forgetting check: parent vs this model on the parent's data.
+    """
+    hooks = hooks or TrainHooks()
+    parent = read_manifest(parent_dir) if parent_dir else None
+    if parent is not None:
+        _check_inherited_method(parent, config)
+        base_model = parent["base_model"]
+    base_model = resolve_base_model(base_model)
+    tokenizer = load_tokenizer(base_model)
+    notes, summary = inspect_csv(train_csv, max_length=config.max_length, base_model=base_model)
+    check_trainable(summary, config.min_rows)
+    split = _split(notes, config, tokenizer)
+    total_steps = config.epochs * steps_per_epoch(len(split.train), config.batch_size)
+
+    _seed_everything(config.seed)
+    method = METHOD_REGISTRY[config.method]
+    if parent_dir is not None:
+        model = method.resume(Path(parent_dir), base_model, total_steps)
+    else:
+        model = method.start(config, base_model, total_steps)
+    device = pick_device()
+    model.to(device)
+    ranks_before = adalora_ranks(model)
+
+    run = _TrainingRun(model, config, split, tokenizer.pad_token_id, total_steps, hooks, device)
+    run.allocate_ranks = config.method == "adalora" and parent is None
+    history = run.fit()
+    model.load_state_dict(run.best_state)
+    model.eval()
+
+    val_logits = predict_logits(model, split.val_ids, tokenizer.pad_token_id, config.eval_batch_size, device)
+    temperature = (
+        metric_fns.fit_temperature(val_logits, split.val.labels) if config.temperature_scaling else 1.0
+    )
+    val_prob = metric_fns.softmax_probability(val_logits, temperature)
+    threshold, threshold_note = metric_fns.choose_threshold(split.val.labels, val_prob, config.threshold_mode)
+
+    model_id = model_id or uuid.uuid4().hex
+    manifest = {
+        "manifest_version": MANIFEST_VERSION,
+        "id": model_id,
+        "parent_id": parent["id"] if parent else None,
+        "base_model": base_model,
+        "method": config.method,
+        "stage": config.stage,
+        "hyperparameters": config.to_dict(),
+        "data": _data_record(summary, split),
+        "seed": config.seed,
+        "versions": _library_versions(),
+        "device": str(device),
+        "total_steps": total_steps,
+        "steps_run": run.global_step,
+        "trainable_parameters": trainable_parameter_count(model),
+        "best_epoch": run.best_epoch,
+        "epochs_run": len(history),
+        "stopped_early": len(history) < config.epochs,
+        "history": history,
+        "validation_metrics": metric_fns.binary_metrics(split.val.labels, val_prob, threshold),
+        "threshold": threshold,
+        "threshold_mode": config.threshold_mode,
+        "threshold_note": threshold_note,
+        "temperature": temperature,
+        "calibration": metric_fns.calibration_report(split.val.labels, val_logits, temperature),
+        "comparison": _base_comparison(base_model, split, val_prob, threshold, config, device),
+    }
+    if config.method == "adalora":
+        manifest["adalora_ranks"] = {"before": ranks_before, "after": adalora_ranks(model)}
+    if parent is not None and parent_train_csv is not None:
+        manifest["forgetting_check"] = _forgetting_check(
+            parent, Path(parent_dir), parent_train_csv, model, tokenizer, temperature, threshold, device
+        )
+    _save(model, tokenizer, manifest, Path(out_dir))
+    return manifest
+
+
+class _TrainingRun:
+    """The state of one training loop, so the loop itself reads top to bottom."""
+
+    def __init__(self, model, config: TrainConfig, split: _Split, pad_id, total_steps, hooks, device):
+        self.model, self.config, self.split, self.pad_id = model, config, split, pad_id
+        self.total_steps, self.hooks, self.device = total_steps, hooks, device
+        self.allocate_ranks = False
+        self.global_step = 0
+        self.best_score = -math.inf
+        self.best_epoch = 0
+        self.best_state: dict = {}
+        self.started = time.monotonic()
+        self.weights = class_weights(split.train.labels, config.weight_multiplier).to(device)
+        self.optimizer = torch.optim.AdamW(_parameter_groups(model, config.weight_decay), lr=config.lr)
+        # Warm-up is capped at half the run so short runs still reach the peak rate and decay.
+        self.warmup = min(config.warmup_steps, total_steps // 2)
+        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, self.warmup, total_steps)
+
+    def fit(self) -> list[dict]:
+        history, epochs_without_gain = [], 0
+        lengths = [len(ids) for ids in self.split.train_ids]
+        for epoch in range(1, self.config.epochs + 1):
+            batches = training_batches(
+                lengths, self.config.batch_size, self.config.seed + epoch, self.config.group_by_length
+            )
+            mean_loss = self._train_epoch(epoch, batches)
+            val_metrics = self._validate()
+            score = val_metrics.get(self.config.metric)
+            history.append({"epoch": epoch, "train_loss": mean_loss, "validation": val_metrics})
+            self._report("epoch_end", epoch, mean_loss, val_metrics)
+            if score is not None and score > self.best_score or not self.best_state:
+                self.best_score = score if score is not None else -math.inf
+                self.best_epoch, epochs_without_gain = epoch, 0
+                self.best_state = _cpu_copy(self.model.state_dict())
+            else:
+                epochs_without_gain += 1
+                if epochs_without_gain >= self.config.patience:
+                    break
+        return history
+
+    def _train_epoch(self, epoch: int, batches: list[list[int]]) -> float:
+        self.model.train()
+        losses = []
+        for batch_indices in batches:
+            if self.hooks.should_stop and self.hooks.should_stop():
+                raise TrainingCancelled()
+            loss = self._step(batch_indices)
+            losses.append(loss)
+            self._report("step", epoch, loss, None)
+        return float(np.mean(losses))
+
+    def _step(self, batch_indices: list[int]) -> float:
+        batch = pad_batch([self.split.train_ids[i] for i in batch_indices], self.pad_id)
+        batch = {key: value.to(self.device) for key, value in batch.items()}
+        labels = torch.as_tensor(self.split.train.labels[batch_indices], device=self.device)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            outputs = self.model(**batch, labels=labels if self.config.method == "adalora" else None)
+        logits = outputs.logits.float()
+        loss = F.cross_entropy(logits, labels, weight=self.weights)
+        if self.config.method == "adalora":
+            # PEFT adds AdaLoRA's orthogonal regulariser to outputs.loss only (the model's own
+            # unweighted cross-entropy); keep exactly that term on top of our weighted loss.
+            loss = loss + (outputs.loss.float() - F.cross_entropy(logits, labels))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.global_step += 1
+        if self.allocate_ranks:
+            # Must run every step, after backward and before zero_grad, or AdaLoRA is plain LoRA.
+            self.model.base_model.update_and_allocate(self.global_step)
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def _validate(self) -> dict:
+        logits = predict_logits(
+            self.model, self.split.val_ids, self.pad_id, self.config.eval_batch_size, self.device
+        )
+        self.model.train()
+        return metric_fns.binary_metrics(self.split.val.labels, metric_fns.softmax_probability(logits), 0.5)
+
+    def _report(self, event: str, epoch: int, loss: float, val_metrics: dict | None) -> None:
+        if self.hooks.on_progress:
+            self.hooks.on_progress(
+                Progress(
+                    event=event,
+                    epoch=epoch,
+                    epochs=self.config.epochs,
+                    step=self.global_step,
+                    total_steps=self.total_steps,
+                    loss=loss,
+                    metrics=val_metrics,
+                    elapsed_s=time.monotonic() - self.started,
+                )
+            )
+
+
+def split_for_training(notes: LabeledNotes, config: TrainConfig) -> tuple[LabeledNotes, LabeledNotes]:
+    """The exact train/validation split a fine-tune with `config` uses (also for forgetting checks)."""
+    train_idx, val_idx = stratified_split(notes.labels, config.val_fraction, config.seed)
+    return notes.subset(train_idx), notes.subset(val_idx)
+
+
+def _split(notes: LabeledNotes, config: TrainConfig, tokenizer) -> _Split:
+    train, val = split_for_training(notes, config)
+    return _Split(
+        train,
+        val,
+        encode(tokenizer, train.texts, config.max_length),
+        encode(tokenizer, val.texts, config.max_length),
+    )
+
+
+def _check_inherited_method(parent: dict, config: TrainConfig) -> None:
+    if parent["method"] != config.method:
+        raise MethodMismatchError(
+            f"a continued fine-tune inherits its parent's method: the parent was trained with "
+            f"{parent['method']!r}, this request asks for {config.method!r}"
+        )
+
+
+def _base_comparison(base_model, split: _Split, tuned_prob, threshold, config, device) -> dict:
+    """Untrained base (seeded random head) vs the fine-tuned model on the validation split."""
+    base = load_base_classifier(base_model).to(device).eval()
+    pad_id = load_tokenizer(base_model).pad_token_id
+    base_logits = predict_logits(base, split.val_ids, pad_id, config.eval_batch_size, device)
+    base_prob = metric_fns.softmax_probability(base_logits)
+    return {
+        "on": "validation split",
+        "base_untrained": metric_fns.binary_metrics(split.val.labels, base_prob, 0.5),
+        "fine_tuned": metric_fns.binary_metrics(split.val.labels, tuned_prob, threshold),
+    }
+
+
+def _forgetting_check(parent, parent_dir, parent_train_csv, model, tokenizer, temperature, threshold, device):
+    from ml.evaluation import forgetting_check
+    from ml.inference import logits_for_model_dir
+
+    notes, summary = inspect_csv(parent_train_csv, base_model=parent["base_model"])
+    if summary.sha256 != parent["data"]["sha256"]:
+        raise ConfigError("the parent's training file does not match the sha256 in the parent's manifest")
+    parent_config = TrainConfig.for_stage(
+        parent["stage"], parent["method"], _stage_free(parent["hyperparameters"])
+    )
+    _, parent_val = split_for_training(notes, parent_config)
+    parent_prob = metric_fns.softmax_probability(
+        logits_for_model_dir(parent_dir, parent, parent_val.texts, device), parent.get("temperature", 1.0)
+    )
+    ids = encode(tokenizer, parent_val.texts, parent_config.max_length)
+    second_prob = metric_fns.softmax_probability(
+        predict_logits(model, ids, tokenizer.pad_token_id, 64, device), temperature
+    )
+    check = forgetting_check(parent_val.labels, parent_prob, second_prob, parent["threshold"], threshold)
+    return {"on": "the parent's validation split", "rows": len(parent_val), **check}
+
+
+def _stage_free(hyperparameters: dict) -> dict:
+    return {k: v for k, v in hyperparameters.items() if k not in ("method", "stage")}
+
+
+def _data_record(summary: DatasetSummary, split: _Split) -> dict:
+    return {
+        **summary.to_dict(),
+        "train_rows": len(split.train),
+        "validation_rows": len(split.val),
+        "train_class_counts": {
+            "0": int((split.train.labels == 0).sum()),
+            "1": int((split.train.labels == 1).sum()),
+        },
+        "validation_class_counts": {
+            "0": int((split.val.labels == 0).sum()),
+            "1": int((split.val.labels == 1).sum()),
+        },
+    }
+
+
+def _save(model, tokenizer, manifest: dict, out_dir: Path) -> None:
+    with atomic_directory(out_dir) as temporary:
+        # PEFT models save the adapter and the classifier head only; the manifest names the base.
+        model.save_pretrained(temporary, safe_serialization=True)
+        tokenizer.save_pretrained(temporary)
+        write_manifest(temporary, manifest)
+
+
+def _parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim < 2 or "LayerNorm" in name else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _cpu_copy(state: dict) -> dict:
+    return {key: value.detach().to("cpu", copy=True) for key, value in state.items()}
+
+
+def _seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _library_versions() -> dict:
+    import peft
+    import sklearn
+    import transformers
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "scikit-learn": sklearn.__version__,
+        "numpy": np.__version__,
+    }

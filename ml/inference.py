@@ -1,0 +1,53 @@
+"""Batched forward passes: sorted by length, padded per batch, results returned in input order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ml.data import encode, inference_batches, pad_batch
+from ml.modeling import load_for_inference, load_tokenizer
+
+DEFAULT_MAX_LENGTH = 256
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: torch.nn.Module, token_ids: list[list[int]], pad_id: int, batch_size: int, device: torch.device
+) -> np.ndarray:
+    """Logits (n, 2) for already-tokenised notes, in the order given."""
+    model.eval()
+    logits = np.zeros((len(token_ids), 2), dtype=np.float32)
+    lengths = [len(ids) for ids in token_ids]
+    for indices in inference_batches(lengths, batch_size):
+        batch = pad_batch([token_ids[i] for i in indices], pad_id)
+        batch = {key: value.to(device) for key, value in batch.items()}
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            output = model(**batch).logits
+        logits[indices] = output.float().cpu().numpy()
+    return logits
+
+
+def logits_for_texts(
+    model: torch.nn.Module,
+    tokenizer,
+    texts: list[str],
+    max_length: int,
+    device: torch.device,
+    batch_size: int = 64,
+) -> np.ndarray:
+    return predict_logits(
+        model, encode(tokenizer, texts, max_length), tokenizer.pad_token_id, batch_size, device
+    )
+
+
+def logits_for_model_dir(
+    model_dir: Path, manifest: dict, texts: list[str], device: torch.device
+) -> np.ndarray:
+    """Load a saved model on its own and score `texts` (used for one-off comparisons)."""
+    model = load_for_inference(Path(model_dir), manifest).to(device)
+    tokenizer = load_tokenizer(manifest["base_model"])
+    max_length = manifest.get("hyperparameters", {}).get("max_length", DEFAULT_MAX_LENGTH)
+    return logits_for_texts(model, tokenizer, texts, max_length, device)

@@ -1,0 +1,157 @@
+"""Loading base models and building the three fine-tuning methods (a small registry).
+
+Each method knows how to start a first fine-tune from the base model and how to continue a saved
+model of its own kind. PEFT details that break silently are handled here (see shared PEFT_NOTES):
+`task_type="SEQ_CLS"` so the head is trained and saved, `is_trainable=True` when continuing, and a
+continued AdaLoRA adapter keeps its learned ranks frozen.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from peft import AdaLoraConfig, LoraConfig, PeftConfig, PeftModel, TaskType, get_peft_model
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers.utils import logging as hf_logging
+
+from ml.config import TrainConfig, adalora_schedule, default_base_model
+
+# The untrained base model's classifier head is random; seeding it makes "base" a fixed, repeatable
+# baseline (the same logits in every process), independent of the training seed.
+BASE_HEAD_SEED = 1234
+NUM_LABELS = 2
+
+# Library chatter (deprecations inside transformers/peft, PEFT's note that AdaLoRA's saved rank
+# pattern keys are not module names) says nothing about our run and drowns the progress output.
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)\.")
+warnings.filterwarnings("ignore", message=r".*rank_pattern keys did not match.*")
+hf_logging.set_verbosity_error()
+hf_logging.disable_progress_bar()
+logging.getLogger("transformers").setLevel(logging.ERROR)
+
+
+def resolve_base_model(base_model: str | None) -> str:
+    return base_model or default_base_model()
+
+
+@functools.lru_cache(maxsize=8)
+def load_tokenizer(base_model: str | None = None):
+    return AutoTokenizer.from_pretrained(resolve_base_model(base_model))
+
+
+def load_base_classifier(base_model: str | None = None) -> torch.nn.Module:
+    """The base encoder with a fresh 2-label head initialised from BASE_HEAD_SEED."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(BASE_HEAD_SEED)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            resolve_base_model(base_model), num_labels=NUM_LABELS
+        )
+    return model
+
+
+class Method(Protocol):
+    name: str
+
+    def start(self, config: TrainConfig, base_model: str, total_steps: int) -> torch.nn.Module: ...
+
+    def resume(self, parent_dir: Path, base_model: str, total_steps: int) -> torch.nn.Module: ...
+
+
+class FullMethod:
+    name = "full"
+
+    def start(self, config: TrainConfig, base_model: str, total_steps: int) -> torch.nn.Module:
+        return load_base_classifier(base_model)
+
+    def resume(self, parent_dir: Path, base_model: str, total_steps: int) -> torch.nn.Module:
+        return AutoModelForSequenceClassification.from_pretrained(parent_dir)
+
+
+class LoraMethod:
+    name = "lora"
+
+    def start(self, config: TrainConfig, base_model: str, total_steps: int) -> torch.nn.Module:
+        peft_config = LoraConfig(
+            task_type=TaskType.SEQ_CLS,
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules=list(config.target_modules),
+        )
+        return get_peft_model(load_base_classifier(base_model), peft_config)
+
+    def resume(self, parent_dir: Path, base_model: str, total_steps: int) -> torch.nn.Module:
+        return PeftModel.from_pretrained(load_base_classifier(base_model), parent_dir, is_trainable=True)
+
+
+class AdaLoraMethod:
+    name = "adalora"
+
+    def start(self, config: TrainConfig, base_model: str, total_steps: int) -> torch.nn.Module:
+        tinit, tfinal, delta_t = adalora_schedule(config, total_steps)
+        peft_config = AdaLoraConfig(
+            task_type=TaskType.SEQ_CLS,
+            init_r=config.adalora_init_r,
+            target_r=config.adalora_target_r,
+            tinit=tinit,
+            tfinal=tfinal,
+            deltaT=delta_t,
+            # The real number of optimiser steps, so the rank budget is finalised inside this run.
+            total_step=total_steps,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules=list(config.target_modules),
+            orth_reg_weight=config.adalora_orth_reg_weight,
+        )
+        return get_peft_model(load_base_classifier(base_model), peft_config)
+
+    def resume(self, parent_dir: Path, base_model: str, total_steps: int) -> torch.nn.Module:
+        # The saved config wins over kwargs, so edit the loaded config. Ranks stay frozen: re-running
+        # update_and_allocate on a reloaded adapter fails (peft issue 2337).
+        peft_config = PeftConfig.from_pretrained(parent_dir)
+        peft_config.total_step = total_steps
+        peft_config.tinit, peft_config.tfinal = 0, 0
+        return PeftModel.from_pretrained(
+            load_base_classifier(base_model), parent_dir, config=peft_config, is_trainable=True
+        )
+
+
+METHOD_REGISTRY: dict[str, Method] = {m.name: m for m in (FullMethod(), LoraMethod(), AdaLoraMethod())}
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    module: torch.nn.Module
+    tokenizer: object
+
+
+def load_for_inference(model_dir: Path, manifest: dict) -> torch.nn.Module:
+    """A saved model on its own (a full model, or an adapter over a fresh copy of its base)."""
+    if manifest["method"] == "full":
+        model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    else:
+        model = PeftModel.from_pretrained(load_base_classifier(manifest["base_model"]), model_dir)
+    return model.eval()
+
+
+def trainable_parameter_count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def adalora_ranks(model: torch.nn.Module) -> dict[str, int]:
+    """The live rank of every AdaLoRA layer: the number of non-zero singular values (lora_E)."""
+    ranks = {}
+    for name, param in model.named_parameters():
+        if name.endswith("lora_E.default"):
+            ranks[name.removesuffix(".lora_E.default")] = int((param.detach() != 0).sum())
+    return ranks
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
