@@ -46,6 +46,7 @@ from ml.modeling import (
 from models_store.store import atomic_directory, read_manifest, write_manifest
 
 MANIFEST_VERSION = 1
+FINGERPRINT_NOTES = 4
 
 
 @dataclass
@@ -171,6 +172,7 @@ def finetune(
         "temperature": temperature,
         "calibration": metric_fns.calibration_report(split.val.labels, val_logits, temperature),
         "comparison": _base_comparison(base_model, split, val_prob, threshold, config, device),
+        "logit_fingerprint": logit_fingerprint(model, tokenizer, split.val.texts, config.max_length, device),
     }
     if config.method == "adalora":
         manifest["adalora_ranks"] = {"before": ranks_before, "after": adalora_ranks(model)}
@@ -278,6 +280,13 @@ class _TrainingRun:
                     elapsed_s=time.monotonic() - self.started,
                 )
             )
+
+
+def logit_fingerprint(model, tokenizer, texts: list[str], max_length: int, device) -> list[list[float]]:
+    """Logits of the first few validation notes, scored alone: a reloaded model must reproduce them."""
+    chosen = texts[:FINGERPRINT_NOTES]
+    ids = encode(tokenizer, chosen, max_length)
+    return [[float(x) for x in row] for row in predict_logits(model, ids, tokenizer.pad_token_id, 1, device)]
 
 
 def split_for_training(notes: LabeledNotes, config: TrainConfig) -> tuple[LabeledNotes, LabeledNotes]:

@@ -145,11 +145,20 @@ def trainable_parameter_count(model: torch.nn.Module) -> int:
 
 
 def adalora_ranks(model: torch.nn.Module) -> dict[str, int]:
-    """The live rank of every AdaLoRA layer: the number of non-zero singular values (lora_E)."""
+    """The rank of every AdaLoRA layer: kept singular values per the allocator's rank pattern.
+
+    Before the budget is first allocated there is no pattern and every layer has its initial rank.
+    """
+    config = model.peft_config["default"] if hasattr(model, "peft_config") else None
+    pattern = getattr(config, "rank_pattern", None) or {}
     ranks = {}
     for name, param in model.named_parameters():
         if name.endswith("lora_E.default"):
-            ranks[name.removesuffix(".lora_E.default")] = int((param.detach() != 0).sum())
+            layer = name.removesuffix(".lora_E.default")
+            # Pattern keys are module paths inside the wrapped model, with or without the adapter name.
+            wanted = layer.removeprefix("base_model.model.") + ".lora_E"
+            key = next((k for k in pattern if k.removesuffix(".default").endswith(wanted)), None)
+            ranks[layer] = int(sum(pattern[key])) if key else int(param.shape[0])
     return ranks
 
 

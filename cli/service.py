@@ -1,0 +1,125 @@
+"""Service commands for the `notetune` CLI: migrate, keys, serve, worker."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+
+
+def add_service_commands(subparsers: argparse._SubParsersAction) -> None:
+    migrate = subparsers.add_parser("migrate", help="apply database migrations (Alembic upgrade head)")
+    migrate.set_defaults(func=migrate_command)
+
+    keys = subparsers.add_parser("keys", help="manage API keys")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    create = key_commands.add_parser("create", help="create an API key and print it (shown once)")
+    create.add_argument("--role", choices=("admin", "trainer", "predictor"), required=True)
+    create.add_argument("--name", default="")
+    create.set_defaults(func=create_key_command)
+
+    serve = subparsers.add_parser("serve", help="migrate, then run the API and a worker (Ctrl-C stops both)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--no-worker", action="store_true", help="run the API only")
+    serve.set_defaults(func=serve_command)
+
+    worker = subparsers.add_parser("worker", help="run a Celery worker (one job at a time)")
+    worker.add_argument("--loglevel", default="INFO")
+    worker.set_defaults(func=worker_command)
+
+
+def migrate_command(_args: argparse.Namespace) -> int:
+    from core.db.migrations import upgrade
+    from core.settings import Settings
+
+    upgrade(Settings())
+    print("database is at the latest migration")
+    return 0
+
+
+def create_key_command(args: argparse.Namespace) -> int:
+    from core.db.models import Role
+    from core.db.session import Database
+    from core.services.auth import create_key
+    from core.settings import Settings
+
+    database = Database(Settings().sqlalchemy_url)
+    with database.transaction() as session:
+        key, plaintext = create_key(session, Role(args.role), args.name)
+        key_id = key.id
+    database.dispose()
+    print(f"created {args.role} key {key_id}; store it now, it is not shown again:")
+    print(plaintext)
+    return 0
+
+
+def worker_argv(loglevel: str = "INFO") -> list[str]:
+    from core.settings import Settings
+
+    return [
+        sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
+        "--concurrency", "1", "--pool", "prefork", "--queues", Settings().queue_name,
+        "--loglevel", loglevel, "--without-gossip", "--without-mingle", "--without-heartbeat",
+    ]  # fmt: skip
+
+
+def worker_command(args: argparse.Namespace) -> int:
+    os.execv(sys.executable, worker_argv(args.loglevel))
+    return 0  # not reached: execv replaces this process
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    from core.db.migrations import upgrade
+    from core.settings import Settings
+
+    settings = Settings()
+    upgrade(settings)
+    _print_first_admin_key(settings)
+    worker = None if args.no_worker else subprocess.Popen(worker_argv())
+    url = f"http://{args.host}:{args.port}"
+    print(f"notetune API on {url}  (docs: {url}/docs)", flush=True)
+    if settings.embedded:
+        print(f"embedded mode: SQLite and broker files in {settings.data_dir.resolve()}", flush=True)
+    try:
+        return _run_api(args.host, args.port)
+    finally:
+        if worker is not None:
+            _stop(worker)
+
+
+def _print_first_admin_key(settings) -> None:
+    from core.db.models import Role
+    from core.db.repositories import ApiKeyRepository
+    from core.db.session import Database
+    from core.services.auth import create_key
+
+    database = Database(settings.sqlalchemy_url)
+    with database.transaction() as session:
+        if ApiKeyRepository(session).count_active() > 0:
+            plaintext = None
+        else:
+            _, plaintext = create_key(session, Role.admin, "first admin (notetune serve)")
+    database.dispose()
+    if plaintext is not None:
+        print("first run: created an admin API key; store it now, it is not shown again:", flush=True)
+        print(f"  {plaintext}", flush=True)
+
+
+def _run_api(host: str, port: int) -> int:
+    import uvicorn
+
+    uvicorn.run("api.main:create_app", factory=True, host=host, port=port)
+    return 0
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -1,0 +1,119 @@
+"""The notetune CLI end to end in-process: JSON out, one-line errors with exit status 2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cli.main import main
+
+
+def run(capsys, *argv):
+    status = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_bert, narrative_csv):
+    out = tmp_path_factory.mktemp("cli") / "first"
+    status = main(
+        [
+            "train",
+            "--train",
+            str(narrative_csv),
+            "--base-model",
+            tiny_bert,
+            "--method",
+            "lora",
+            "--epochs",
+            "1",
+            "--max-length",
+            "64",
+            "--batch-size",
+            "8",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
+    assert status == 0
+    return out
+
+
+def test_train_prints_the_manifest_and_second_inherits(capsys, trained, terse_csv, narrative_csv, tmp_path):
+    capsys.readouterr()
+    status, out, _ = run(
+        capsys,
+        "train",
+        "--train",
+        terse_csv,
+        "--parent",
+        trained,
+        "--parent-train",
+        narrative_csv,
+        "--epochs",
+        "1",
+        "--max-length",
+        "64",
+        "--out",
+        tmp_path / "second",
+    )
+    manifest = json.loads(out)
+    assert status == 0
+    assert (manifest["method"], manifest["stage"], manifest["parent_id"]) == ("lora", 2, trained.name)
+    assert "forgetting_check" in manifest
+
+
+def test_method_change_is_a_one_line_error(capsys, trained, terse_csv, tmp_path):
+    status, out, err = run(
+        capsys,
+        "train",
+        "--train",
+        terse_csv,
+        "--parent",
+        trained,
+        "--method",
+        "full",
+        "--out",
+        tmp_path / "x",
+    )
+    assert status == 2 and out == ""
+    assert err.count("\n") == 1 and "'lora'" in err and "'full'" in err and "Traceback" not in err
+
+
+def test_bad_csv_is_a_one_line_error(capsys, tmp_path, tiny_bert):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("Text,label\nsecret words,3\n")
+    status, _, err = run(capsys, "train", "--train", bad, "--base-model", tiny_bert, "--out", tmp_path / "m")
+    assert status == 2 and "row(s) 1" in err and "secret" not in err
+    status, _, err = run(capsys, "train", "--train", tmp_path / "missing.csv", "--out", tmp_path / "m")
+    assert status == 2 and err.startswith("notetune: error:")
+
+
+def test_predict_and_evaluate_print_json(capsys, trained, terse_csv):
+    status, out, _ = run(
+        capsys, "predict", "--model", trained, "--base", "--text", "stage IV", "--text", "stage I"
+    )
+    result = json.loads(out)
+    assert status == 0 and result["models"] == ["base", trained.name]
+    assert [row["index"] for row in result["predictions"]] == [0, 1]
+    assert set(result["predictions"][0]["base"]) == {"probability", "label", "threshold"}
+    status, out, _ = run(
+        capsys, "evaluate", "--test", terse_csv, "--model", trained, "--base", "--resamples", "50"
+    )
+    report = json.loads(out)
+    assert status == 0 and [m["name"] for m in report["models"]] == ["base", trained.name]
+    assert "roc_auc" in report["models"][1]["at_threshold"]
+
+
+def test_synth_writes_a_seeded_csv(capsys, tmp_path):
+    status, out, _ = run(
+        capsys, "synth", "--n", "50", "--style", "terse", "--seed", "3", "--out", tmp_path / "a.csv"
+    )
+    assert status == 0 and json.loads(out)["rows"] == 50
+    run(capsys, "synth", "--n", "50", "--style", "terse", "--seed", "3", "--out", tmp_path / "b.csv")
+    assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
+    status, _, err = run(capsys, "synth", "--n", "5", "--style", "haiku", "--out", tmp_path / "c.csv")
+    assert status == 2 and "haiku" in err

@@ -1,0 +1,213 @@
+"""First and second fine-tunes with each method on a tiny random BERT."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ml.config import ConfigError, TrainConfig
+from ml.data import encode
+from ml.finetune import MethodMismatchError, TrainHooks, TrainingCancelled, class_weights, finetune
+from ml.inference import predict_logits
+from ml.modeling import load_for_inference, load_tokenizer
+from ml.predict import ModelCache
+
+METHODS = ("full", "lora", "adalora")
+FAST = {"epochs": 2, "max_length": 64, "batch_size": 8, "warmup_steps": 2, "lr": 1e-3}
+
+
+def first_config(method: str, **overrides) -> TrainConfig:
+    return TrainConfig.for_stage(1, method, {**FAST, **overrides})
+
+
+@pytest.fixture(scope="module", params=METHODS)
+def lineage(request, tmp_path_factory, tiny_bert, narrative_csv, terse_csv):
+    """base -> first (narrative) -> second (terse) for one method."""
+    method, root = request.param, tmp_path_factory.mktemp(request.param)
+    first = finetune(
+        narrative_csv, first_config(method), root / "first", model_id="first", base_model=tiny_bert
+    )
+    second = finetune(
+        terse_csv,
+        TrainConfig.for_stage(2, method, {**FAST, "epochs": 1}),
+        root / "second",
+        model_id="second",
+        parent_dir=root / "first",
+        parent_train_csv=narrative_csv,
+    )
+    return method, root, first, second
+
+
+def test_first_and_second_manifests_record_lineage_and_data(lineage, tiny_bert):
+    method, root, first, second = lineage
+    assert (first["method"], first["stage"], first["parent_id"]) == (method, 1, None)
+    assert (second["method"], second["stage"], second["parent_id"]) == (method, 2, "first")
+    assert second["base_model"] == tiny_bert
+    for manifest in (first, second):
+        assert (
+            manifest["data"]["train_rows"] + manifest["data"]["validation_rows"] == manifest["data"]["rows"]
+        )
+        assert 1 <= manifest["best_epoch"] <= manifest["epochs_run"]
+        assert set(manifest["versions"]) >= {"torch", "transformers", "peft"}
+        assert 0.0 <= manifest["threshold"] <= 1.0
+        assert "base_untrained" in manifest["comparison"]
+    on_disk = json.loads((root / "second" / "manifest.json").read_text())
+    assert on_disk == json.loads(json.dumps(second))
+    assert "forgetting_check" in second and second["forgetting_check"]["rows"] > 0
+
+
+def test_artifacts_hold_safetensors_and_adapters_only_for_peft(lineage):
+    method, root, _, _ = lineage
+    names = {path.name for path in (root / "second").iterdir()}
+    assert "tokenizer.json" in names and "manifest.json" in names
+    if method == "full":
+        assert "model.safetensors" in names
+    else:
+        assert {"adapter_model.safetensors", "adapter_config.json"} <= names
+        assert "model.safetensors" not in names
+    assert not [p for p in root.iterdir() if p.name.startswith(".tmp-")]
+
+
+@pytest.mark.parametrize("which", ["first", "second"])
+def test_reloading_reproduces_logits(lineage, which):
+    _, root, first, second = lineage
+    manifest = {"first": first, "second": second}[which]
+    model = load_for_inference(root / which, manifest)
+    tokenizer = load_tokenizer(manifest["base_model"])
+    val_texts = _validation_texts(manifest, root)
+    ids = encode(tokenizer, val_texts, manifest["hyperparameters"]["max_length"])
+    logits = predict_logits(model, ids, tokenizer.pad_token_id, 1, torch.device("cpu"))
+    expected = np.asarray(manifest["logit_fingerprint"], dtype=np.float32)
+    if manifest["method"] == "adalora":
+        # AdaLoRA saves its matrices cut to the learned ranks (the pruned rows are zeros), so the sums
+        # run over fewer terms: equal up to float32 rounding, not bit for bit.
+        np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-6)
+    else:
+        assert np.array_equal(logits, expected)
+
+
+def _validation_texts(manifest, root):
+    from ml.data import parse_labeled_csv
+    from ml.finetune import split_for_training
+
+    source = "narrative.csv" if manifest["stage"] == 1 else "terse.csv"
+    raw = next(p for p in root.parent.rglob(source)).read_bytes()
+    config = TrainConfig.for_stage(manifest["stage"], manifest["method"], _without_stage(manifest))
+    _, val = split_for_training(parse_labeled_csv(raw), config)
+    return val.texts[: len(manifest["logit_fingerprint"])]
+
+
+def _without_stage(manifest):
+    return {k: v for k, v in manifest["hyperparameters"].items() if k not in ("method", "stage")}
+
+
+def test_second_fine_tune_changes_the_model(lineage):
+    method, root, first, second = lineage
+    texts = ["stage IV with liver metastases, ECOG 3", "stage I, complete response, ECOG 0"]
+    cache = ModelCache(max_models=4)
+    before = cache.score(root / "first", texts).probabilities
+    after = cache.score(root / "second", texts).probabilities
+    assert not np.allclose(before, after)
+    assert second["trainable_parameters"] > 0
+
+
+def test_a_different_method_for_a_second_fine_tune_is_refused(lineage, terse_csv, tmp_path):
+    method, root, _, _ = lineage
+    other = next(m for m in METHODS if m != method)
+    with pytest.raises(MethodMismatchError) as caught:
+        finetune(terse_csv, TrainConfig.for_stage(2, other, FAST), tmp_path / "x", parent_dir=root / "first")
+    assert repr(method) in str(caught.value) and repr(other) in str(caught.value)
+    assert not (tmp_path / "x").exists()
+
+
+def test_adalora_ranks_change_in_the_first_run_and_stay_frozen_in_the_second(
+    tiny_bert, narrative_csv, tmp_path
+):
+    config = first_config("adalora", epochs=3, adalora_init_r=8, adalora_target_r=2)
+    first = finetune(narrative_csv, config, tmp_path / "a1", base_model=tiny_bert)
+    before, after = first["adalora_ranks"]["before"], first["adalora_ranks"]["after"]
+    assert set(before.values()) == {8}
+    assert sum(after.values()) < sum(before.values())
+    second = finetune(
+        narrative_csv, TrainConfig.for_stage(2, "adalora", FAST), tmp_path / "a2", parent_dir=tmp_path / "a1"
+    )
+    assert second["adalora_ranks"]["before"] == second["adalora_ranks"]["after"]
+
+
+def test_adalora_keeps_its_orthogonal_regulariser(tiny_bert, narrative_csv, tmp_path):
+    losses = {}
+    for weight in (0.0, 50.0):
+        seen = []
+        hooks = TrainHooks(
+            on_progress=lambda p, seen=seen: seen.append(p.loss) if p.event == "step" else None
+        )
+        config = first_config("adalora", epochs=1, adalora_orth_reg_weight=weight)
+        finetune(narrative_csv, config, tmp_path / f"w{weight}", base_model=tiny_bert, hooks=hooks)
+        losses[weight] = seen[0]
+    assert losses[50.0] > losses[0.0] + 1e-3
+
+
+def test_class_weight_formula():
+    labels = np.array([0, 0, 0, 0, 0, 0, 1, 1])
+    assert class_weights(labels, 0.8).tolist() == pytest.approx([1.0, 6 / 2 * 0.8])
+
+
+def test_class_weights_change_the_loss(tiny_bert, narrative_csv, tmp_path):
+    first_losses = []
+    for multiplier in (0.5, 4.0):
+        seen = []
+        hooks = TrainHooks(
+            on_progress=lambda p, seen=seen: seen.append(p.loss) if p.event == "step" else None
+        )
+        config = first_config("full", epochs=1, weight_multiplier=multiplier)
+        finetune(narrative_csv, config, tmp_path / f"m{multiplier}", base_model=tiny_bert, hooks=hooks)
+        first_losses.append(seen[0])
+    assert first_losses[0] != pytest.approx(first_losses[1], abs=1e-4)
+
+
+def test_cancel_stops_the_run_and_leaves_nothing(tiny_bert, narrative_csv, tmp_path):
+    steps = []
+    hooks = TrainHooks(
+        on_progress=lambda p: steps.append(p.step) if p.event == "step" else None,
+        should_stop=lambda: len(steps) >= 2,
+    )
+    with pytest.raises(TrainingCancelled):
+        finetune(
+            narrative_csv, first_config("lora"), tmp_path / "cancelled", base_model=tiny_bert, hooks=hooks
+        )
+    assert steps == [1, 2]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_early_stopping_keeps_the_best_epoch(tiny_bert, narrative_csv, tmp_path):
+    epochs_seen = []
+    hooks = TrainHooks(
+        on_progress=lambda p: epochs_seen.append(p.metrics) if p.event == "epoch_end" else None
+    )
+    config = first_config("full", epochs=6, patience=1, lr=1e-9, warmup_steps=0, metric="accuracy")
+    manifest = finetune(narrative_csv, config, tmp_path / "m", base_model=tiny_bert, hooks=hooks)
+    assert manifest["stopped_early"] and manifest["epochs_run"] == 2 == len(epochs_seen)
+    assert manifest["best_epoch"] == 1
+    assert all("f1" in metrics for metrics in epochs_seen)
+
+
+def test_bad_hyperparameters_are_named():
+    with pytest.raises(ConfigError, match="learning_rate"):
+        TrainConfig.for_stage(1, "lora", {"learning_rate": 1e-4})
+    with pytest.raises(ConfigError, match="epochs"):
+        TrainConfig.for_stage(1, "lora", {"epochs": 0})
+    with pytest.raises(ConfigError, match="method"):
+        TrainConfig.for_stage(1, "qlora", {})
+    with pytest.raises(ConfigError, match="threshold"):
+        TrainConfig.for_stage(1, "full", {"threshold_mode": "sensitivity>=2"})
+
+
+def test_stage_defaults_follow_the_seed_recipe():
+    first, second = TrainConfig.for_stage(1, "full"), TrainConfig.for_stage(2, "full")
+    assert (first.epochs, first.warmup_steps) == (8, 200)
+    assert (second.epochs, second.warmup_steps) == (3, 100)
+    assert second.lr < first.lr
+    assert TrainConfig.for_stage(1, "lora", {"epochs": "3"}).epochs == 3

@@ -1,0 +1,242 @@
+import math
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from ml.metrics import (
+    METRIC_NAMES,
+    THRESHOLD_MODES_HELP,
+    binary_metrics,
+    calibration_report,
+    choose_threshold,
+    expected_calibration_error,
+    fit_temperature,
+    parse_threshold_mode,
+    softmax_probability,
+)
+
+# 4 positives, 6 negatives. At 0.5: predicted [1,1,1,0 | 1,0,0,0,0,0] -> tp=3, fn=1, fp=1, tn=5.
+LABELS = [1, 1, 1, 1, 0, 0, 0, 0, 0, 0]
+PROBS = [0.9, 0.8, 0.7, 0.3, 0.6, 0.2, 0.1, 0.4, 0.05, 0.15]
+
+
+def test_binary_metrics_match_hand_computed_confusion_matrix():
+    result = binary_metrics(LABELS, PROBS, 0.5)
+    assert result["confusion"] == {"tn": 5, "fp": 1, "fn": 1, "tp": 3}
+    assert result["n"] == 10 and result["positives"] == 4 and result["threshold"] == 0.5
+    assert result["accuracy"] == pytest.approx(8 / 10)
+    assert result["precision"] == pytest.approx(3 / 4)
+    assert result["recall"] == pytest.approx(3 / 4)
+    assert result["sensitivity"] == result["recall"]
+    assert result["specificity"] == pytest.approx(5 / 6)
+    assert result["f1"] == pytest.approx(2 * 3 / (2 * 3 + 1 + 1))
+    # Positive 0.3 outranks 4 of the 6 negatives, the other three outrank all: 22 of 24 pairs.
+    assert result["roc_auc"] == pytest.approx(22 / 24)
+    # Ranked: + + + - - + ...; precision at each positive is 1, 1, 1, 4/6.
+    assert result["pr_auc"] == pytest.approx((1 + 1 + 1 + 4 / 6) / 4)
+    squared_errors = [0.01, 0.04, 0.09, 0.49, 0.36, 0.04, 0.01, 0.16, 0.0025, 0.0225]
+    assert result["brier"] == pytest.approx(sum(squared_errors) / 10)
+    assert result["undefined"] == {}
+
+
+def test_binary_metrics_at_other_threshold():
+    # At 0.35: predicted [1,1,1,0 | 1,0,0,1,0,0] -> tp=3, fn=1, fp=2, tn=4.
+    result = binary_metrics(LABELS, PROBS, 0.35)
+    assert result["confusion"] == {"tn": 4, "fp": 2, "fn": 1, "tp": 3}
+    assert result["precision"] == pytest.approx(3 / 5)
+    assert result["specificity"] == pytest.approx(4 / 6)
+    assert result["f1"] == pytest.approx(6 / 9)
+
+
+def test_prediction_is_positive_when_probability_equals_threshold():
+    result = binary_metrics([1, 0], [0.5, 0.4999], 0.5)
+    assert result["confusion"] == {"tn": 1, "fp": 0, "fn": 0, "tp": 1}
+
+
+def test_no_predicted_positives_gives_none_with_reason_and_no_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = binary_metrics(LABELS, PROBS, 0.95)
+    assert result["confusion"] == {"tn": 6, "fp": 0, "fn": 4, "tp": 0}
+    assert result["precision"] is None
+    assert result["undefined"]["precision"] == "no predicted positives"
+    assert result["recall"] == 0.0 and result["f1"] == 0.0
+
+
+def test_one_class_gives_none_with_reasons_and_no_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = binary_metrics([0, 0, 0, 0], [0.1, 0.2, 0.3, 0.4], 0.5)
+    assert result["roc_auc"] is None and result["pr_auc"] is None
+    assert result["undefined"]["roc_auc"] == "only one class in the labels"
+    assert result["undefined"]["pr_auc"] == "only one class in the labels"
+    assert result["recall"] is None and result["undefined"]["recall"] == "no positive labels"
+    assert result["sensitivity"] is None
+    assert result["precision"] is None and result["f1"] is None
+    assert result["specificity"] == 1.0 and result["accuracy"] == 1.0
+    for name in METRIC_NAMES:
+        value = result[name]
+        assert value is None or math.isfinite(value)
+
+
+def test_only_positive_labels_leave_specificity_undefined():
+    result = binary_metrics([1, 1], [0.2, 0.9], 0.5)
+    assert result["specificity"] is None and result["undefined"]["specificity"] == "no negative labels"
+    assert result["recall"] == pytest.approx(1 / 2)
+
+
+def test_ranking_metrics_match_sklearn_with_ties():
+    rng = np.random.default_rng(3)
+    labels = (rng.random(300) < 0.3).astype(int)
+    probs = np.round(np.clip(rng.normal(0.35 + 0.3 * labels, 0.2), 0, 1), 1)  # rounding makes many ties
+    result = binary_metrics(labels, probs)
+    assert result["roc_auc"] == pytest.approx(roc_auc_score(labels, probs), abs=1e-12)
+    assert result["pr_auc"] == pytest.approx(average_precision_score(labels, probs), abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("labels", "probs", "threshold"),
+    [
+        ([], [], 0.5),
+        ([0, 2], [0.1, 0.2], 0.5),
+        ([0, 1], [0.1, 1.2], 0.5),
+        ([0, 1], [0.1], 0.5),
+        ([0, 1], [0.1, 0.2], 2),
+    ],
+)
+def test_invalid_inputs_raise_value_error(labels, probs, threshold):
+    with pytest.raises(ValueError):
+        binary_metrics(labels, probs, threshold)
+
+
+def test_expected_calibration_error_hand_example():
+    labels = [1, 0, 1, 0]
+    probs = [0.15, 0.35, 0.65, 0.85]
+    # 10 bins: each note alone, |y - p| = 0.85, 0.35, 0.35, 0.85 -> mean 2.4 / 4.
+    assert expected_calibration_error(labels, probs) == pytest.approx(2.4 / 4)
+    # 2 bins: [0.15, 0.35] conf 0.25 acc 0.5, [0.65, 0.85] conf 0.75 acc 0.5 -> 0.5*0.25 + 0.5*0.25.
+    assert expected_calibration_error(labels, probs, n_bins=2) == pytest.approx(0.25)
+    # 1 bin: conf 0.5 == acc 0.5.
+    assert expected_calibration_error(labels, probs, n_bins=1) == pytest.approx(0.0)
+
+
+def test_ece_puts_probability_one_in_the_last_bin():
+    assert expected_calibration_error([1, 0], [1.0, 0.0]) == 0.0
+
+
+# Thresholds high -> low: 0.8 J=1/3, 0.7 J=2/3, 0.6 J=1/3, 0.4 J=2/3, 0.2 J=1/3, 0.1 J=0.
+CHOICE_LABELS = [0, 0, 0, 1, 1, 1]
+CHOICE_PROBS = [0.1, 0.2, 0.6, 0.4, 0.7, 0.8]
+
+
+def test_choose_threshold_fixed():
+    assert choose_threshold(CHOICE_LABELS, CHOICE_PROBS, "0.5") == (0.5, None)
+
+
+def test_choose_threshold_youden_breaks_ties_towards_higher_threshold():
+    assert choose_threshold(CHOICE_LABELS, CHOICE_PROBS, "youden") == (0.7, None)
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [
+        ("sensitivity>=0.3", 0.8),  # 1/3
+        ("sensitivity>=0.5", 0.7),  # 2/3
+        ("sensitivity>=0.9", 0.4),  # 3/3
+        ("sensitivity>=1", 0.4),
+    ],
+)
+def test_choose_threshold_sensitivity_picks_highest_threshold_reaching_target(mode, expected):
+    threshold, note = choose_threshold(CHOICE_LABELS, CHOICE_PROBS, mode)
+    assert threshold == expected and note is None
+    assert binary_metrics(CHOICE_LABELS, CHOICE_PROBS, threshold)["sensitivity"] >= float(mode.split(">=")[1])
+
+
+def test_choose_threshold_sensitivity_exact_fraction():
+    # Positives score 0.1 .. 1.0; 7 of 10 score >= 0.4, so sensitivity>=0.7 is reached exactly there.
+    labels = [1] * 10 + [0]
+    probs = [round(0.1 * k, 1) for k in range(1, 11)] + [0.05]
+    assert choose_threshold(labels, probs, "sensitivity>=0.7")[0] == 0.4
+
+
+@pytest.mark.parametrize("mode", ["youden", "sensitivity>=0.8"])
+def test_choose_threshold_falls_back_with_one_class(mode):
+    threshold, note = choose_threshold([1, 1, 1], [0.2, 0.6, 0.9], mode)
+    assert threshold == 0.5
+    assert "one class" in note
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("0.5", "0.5"),
+        ("0.50", "0.5"),
+        (" Youden ", "youden"),
+        ("sensitivity>=0.9", "sensitivity>=0.9"),
+        ("Sensitivity >= 0.90", "sensitivity>=0.9"),
+        ("sensitivity>=1", "sensitivity>=1"),
+    ],
+)
+def test_parse_threshold_mode_normalises(raw, expected):
+    assert parse_threshold_mode(raw) == expected
+
+
+@pytest.mark.parametrize(
+    "raw", ["0.7", "f1", "", "sensitivity>=0", "sensitivity>=1.5", "sensitivity>0.9", "youden2"]
+)
+def test_parse_threshold_mode_rejects_with_helpful_message(raw):
+    with pytest.raises(ValueError) as error:
+        parse_threshold_mode(raw)
+    assert repr(raw) in str(error.value)
+    assert THRESHOLD_MODES_HELP in str(error.value)
+
+
+def test_softmax_probability_matches_softmax_and_is_stable():
+    logits = np.array([[0.0, 1.0], [2.0, -1.0], [0.5, 0.5]])
+    exp = np.exp(logits)
+    expected = exp[:, 1] / exp.sum(axis=1)
+    np.testing.assert_allclose(softmax_probability(logits), expected)
+    np.testing.assert_allclose(softmax_probability(logits, 2.0), softmax_probability(logits / 2.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        extreme = softmax_probability([[1000.0, -1000.0], [-1000.0, 1000.0]])
+    np.testing.assert_array_equal(extreme, [0.0, 1.0])
+    with pytest.raises(ValueError):
+        softmax_probability(logits, 0.0)
+    with pytest.raises(ValueError):
+        softmax_probability([0.1, 0.2])
+
+
+def _overconfident_logits(true_temperature: float, n: int = 20_000, seed: int = 0):
+    """Labels drawn from calibrated margins; the model's logits are those margins times the temperature."""
+    rng = np.random.default_rng(seed)
+    margins = rng.normal(0.0, 2.0, n)
+    labels = (rng.random(n) < 1 / (1 + np.exp(-margins))).astype(int)
+    logits = np.column_stack([np.zeros(n), margins * true_temperature])
+    return logits, labels
+
+
+@pytest.mark.parametrize("true_temperature", [2.0, 0.5])
+def test_fit_temperature_recovers_known_temperature(true_temperature):
+    logits, labels = _overconfident_logits(true_temperature)
+    assert fit_temperature(logits, labels) == pytest.approx(true_temperature, rel=0.08)
+
+
+def test_fit_temperature_one_class_and_clipping():
+    assert fit_temperature([[0.0, 1.0], [0.0, 2.0]], [1, 1]) == 1.0
+    # Perfectly separated with tiny margins: NLL keeps falling as T shrinks, so T hits the lower bound.
+    assert fit_temperature([[0.0, 0.01], [0.0, -0.01]], [1, 0]) == pytest.approx(0.05)
+
+
+def test_calibration_report_improves_ece_after_scaling():
+    logits, labels = _overconfident_logits(3.0, n=5000)
+    temperature = fit_temperature(logits, labels)
+    report = calibration_report(labels, logits, temperature)
+    assert set(report) == {"before", "after", "temperature"}
+    assert report["temperature"] == temperature
+    assert report["after"]["ece"] < report["before"]["ece"]
+    assert report["after"]["brier"] < report["before"]["brier"]
+    same = calibration_report(labels, logits, 1.0)
+    assert same["before"] == same["after"]

@@ -1,0 +1,102 @@
+"""Serving: base and tuned outputs, adapters sharing one base, a bounded cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ml.config import TrainConfig
+from ml.finetune import finetune
+from ml.modeling import load_for_inference
+from ml.predict import ModelCache
+from models_store.store import read_manifest
+
+FAST = {"epochs": 1, "max_length": 64, "batch_size": 8, "warmup_steps": 1, "lr": 5e-3}
+NOTES = ["Stage IV with liver metastases, ECOG 3.", "Stage I, complete response.", "Grade 2, ER positive."]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, tiny_bert, narrative_csv):
+    root = tmp_path_factory.mktemp("served")
+    for name, method, seed in [
+        ("lora_a", "lora", 1),
+        ("lora_b", "lora", 2),
+        ("ada", "adalora", 1),
+        ("full", "full", 1),
+    ]:
+        config = TrainConfig.for_stage(
+            1, method, {**FAST, "seed": seed, "epochs": 2 if method == "adalora" else 1}
+        )
+        finetune(narrative_csv, config, root / name, model_id=name, base_model=tiny_bert)
+    return root
+
+
+def standalone_probabilities(model_dir, texts):
+    from ml.inference import logits_for_model_dir
+    from ml.metrics import softmax_probability
+
+    manifest = read_manifest(model_dir)
+    import torch
+
+    return softmax_probability(logits_for_model_dir(model_dir, manifest, texts, torch.device("cpu")))
+
+
+def test_lora_models_share_one_base_and_match_standalone_loads(models):
+    cache = ModelCache(max_models=4)
+    for name in ("lora_a", "lora_b", "lora_a"):
+        shared = cache.score(models / name, NOTES).probabilities
+        np.testing.assert_allclose(
+            shared, standalone_probabilities(models / name, NOTES), rtol=1e-6, atol=1e-7
+        )
+    assert len(cache._hosts) == 1 and cache.loaded_count() == 2
+
+
+def test_each_model_gives_its_own_outputs_in_order(models):
+    cache = ModelCache(max_models=4)
+    outputs = {name: cache.predict(models / name, NOTES) for name in ("lora_a", "lora_b", "ada", "full")}
+    for items in outputs.values():
+        assert len(items) == len(NOTES)
+        assert all(item["label"] == int(item["probability"] >= item["threshold"]) for item in items)
+    assert outputs["lora_a"] != outputs["lora_b"]
+    single = cache.predict(models / "full", NOTES[1:2])
+    assert single[0]["probability"] == pytest.approx(outputs["full"][1]["probability"], abs=1e-6)
+
+
+def test_the_cache_is_bounded_and_evicts_adapters(models):
+    cache = ModelCache(max_models=1)
+    first = cache.score(models / "lora_a", NOTES).probabilities
+    cache.score(models / "lora_b", NOTES)
+    assert cache.loaded_count() == 1
+    np.testing.assert_allclose(cache.score(models / "lora_a", NOTES).probabilities, first, rtol=1e-6)
+
+
+def test_base_outputs_are_repeatable_and_differ_from_tuned(models, tiny_bert):
+    one = ModelCache().predict(None, NOTES, base_model=tiny_bert)
+    two = ModelCache().predict(None, NOTES, base_model=tiny_bert)
+    assert one == two and one[0]["threshold"] == 0.5
+    tuned = ModelCache().predict(models / "full", NOTES)
+    assert [i["probability"] for i in one] != [i["probability"] for i in tuned]
+
+
+def test_threshold_override(models):
+    items = ModelCache().predict(models / "full", NOTES, threshold=0.0)
+    assert all(item["label"] == 1 and item["threshold"] == 0.0 for item in items)
+
+
+def test_peft_base_logits_equal_the_plain_base(models, tiny_bert):
+    """disable_adapter() on a LoRA model gives the untrained base, seeded head included."""
+    import torch
+
+    from ml.data import encode
+    from ml.inference import predict_logits
+    from ml.modeling import load_base_classifier, load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_bert)
+    ids = encode(tokenizer, NOTES, 64)
+    peft_model = load_for_inference(models / "lora_a", read_manifest(models / "lora_a"))
+    with peft_model.disable_adapter():
+        via_adapter = predict_logits(peft_model, ids, tokenizer.pad_token_id, 8, torch.device("cpu"))
+    plain = predict_logits(
+        load_base_classifier(tiny_bert), ids, tokenizer.pad_token_id, 8, torch.device("cpu")
+    )
+    np.testing.assert_allclose(via_adapter, plain, rtol=1e-6, atol=1e-7)
