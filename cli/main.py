@@ -161,9 +161,8 @@ class _ProgressBar:
             self.bar.set_description(f"epoch {progress.epoch}/{progress.epochs} loss {progress.loss:.3f}")
         elif progress.metrics:
             shown = {k: progress.metrics.get(k) for k in ("f1", "roc_auc")}
-            self.bar.write(
-                f"epoch {progress.epoch}: " + ", ".join(f"{k} {_fmt(v)}" for k, v in shown.items())
-            )
+            line = f"epoch {progress.epoch}: " + ", ".join(f"{k} {_fmt(v)}" for k, v in shown.items())
+            self.bar.write(line, file=sys.stderr)  # tqdm.write defaults to stdout, which carries the JSON
 
 
 # --- evaluate and predict ------------------------------------------------------------------------
