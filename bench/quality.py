@@ -1,0 +1,158 @@
+"""Model quality on synthetic notes with a known risk model, against TF-IDF + logistic regression.
+
+Steps (all seeded, one run):
+  1. first fine-tune (default settings, default base model) on 2,000 narrative notes;
+     test ROC AUC on fresh narrative notes vs the best possible (AUC of the true probabilities)
+     and vs TF-IDF + logistic regression trained on the same 2,000 notes;
+  2. second fine-tune on 600 terse notes from the other hospital; test AUC on fresh terse notes
+     vs the best possible there, and the change on the narrative test set (forgetting).
+Targets: within 0.02 of the best possible on both styles, beat TF-IDF, lose at most 0.02.
+
+    python bench/quality.py [--method full] [--test-rows 2000] [--out bench/results/quality.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ml import synth  # noqa: E402
+from ml.config import TrainConfig  # noqa: E402
+from ml.finetune import TrainHooks, finetune  # noqa: E402
+from ml.predict import ModelCache  # noqa: E402
+
+
+def csv_bytes(frame) -> bytes:
+    return frame[["Text", "label"]].to_csv(index=False).encode()
+
+
+def tfidf_auc(train, test) -> float:
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
+    features = vectorizer.fit_transform(train["Text"])
+    model = LogisticRegression(max_iter=2000, C=4.0, class_weight="balanced").fit(features, train["label"])
+    return float(roc_auc_score(test["label"], model.predict_proba(vectorizer.transform(test["Text"]))[:, 1]))
+
+
+def model_auc(cache: ModelCache, model_dir: Path, test) -> float:
+    probabilities = cache.score(model_dir, test["Text"].tolist()).probabilities
+    return float(roc_auc_score(test["label"], probabilities))
+
+
+def epoch_printer(stage: str) -> TrainHooks:
+    def show(progress) -> None:
+        if progress.event == "epoch_end":
+            m = progress.metrics
+            print(
+                f"  {stage} epoch {progress.epoch}/{progress.epochs}: val roc_auc {m['roc_auc']:.3f} "
+                f"f1 {m['f1']:.3f} loss {progress.loss:.3f} ({progress.elapsed_s:.0f}s)",
+                flush=True,
+            )
+
+    return TrainHooks(on_progress=show)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--method", default="full", choices=("full", "lora", "adalora"))
+    parser.add_argument("--train-rows", type=int, default=2000)
+    parser.add_argument("--second-rows", type=int, default=600)
+    parser.add_argument("--test-rows", type=int, default=2000)
+    parser.add_argument("--first", type=json.loads, default={}, help="JSON overrides, e.g. '{\"lr\": 1e-4}'")
+    parser.add_argument("--second", type=json.loads, default={}, help="JSON overrides for the second stage")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+
+    narrative_train = synth.generate(args.train_rows, "narrative", seed=101, include_truth=True)
+    narrative_test = synth.generate(args.test_rows, "narrative", seed=102, include_truth=True)
+    terse_train = synth.generate(args.second_rows, "terse", seed=103, include_truth=True)
+    terse_test = synth.generate(args.test_rows, "terse", seed=104, include_truth=True)
+    results: dict = {"method": args.method}
+    with tempfile.TemporaryDirectory() as tmp:
+        root, cache = Path(tmp), ModelCache(max_models=2)
+        started = time.monotonic()
+        first = finetune(
+            csv_bytes(narrative_train),
+            TrainConfig.for_stage(1, args.method, args.first),
+            root / "first",
+            model_id="first",
+            hooks=epoch_printer("first"),
+        )
+        results["first_train_seconds"] = round(time.monotonic() - started)
+        started = time.monotonic()
+        second = finetune(
+            csv_bytes(terse_train),
+            TrainConfig.for_stage(2, args.method, args.second),
+            root / "second",
+            model_id="second",
+            parent_dir=root / "first",
+            hooks=epoch_printer("second"),
+        )
+        results["second_train_seconds"] = round(time.monotonic() - started)
+        results.update(
+            {
+                "first_best_epoch": first["best_epoch"],
+                "second_best_epoch": second["best_epoch"],
+                "best_possible_narrative": synth.best_possible_auc(narrative_test),
+                "best_possible_terse": synth.best_possible_auc(terse_test),
+                "tfidf_narrative": tfidf_auc(narrative_train, narrative_test),
+                "first_narrative": model_auc(cache, root / "first", narrative_test),
+                "first_terse": model_auc(cache, root / "first", terse_test),
+                "second_narrative": model_auc(cache, root / "second", narrative_test),
+                "second_terse": model_auc(cache, root / "second", terse_test),
+            }
+        )
+    report(results)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def report(r: dict) -> None:
+    gap_first = r["best_possible_narrative"] - r["first_narrative"]
+    gap_second = r["best_possible_terse"] - r["second_terse"]
+    forgetting = r["first_narrative"] - r["second_narrative"]
+    rows = [
+        (
+            "first: narrative test AUC",
+            r["first_narrative"],
+            f"best possible {r['best_possible_narrative']:.4f}, "
+            f"gap {gap_first:+.4f} (target <= 0.02) {'OK' if gap_first <= 0.02 else 'MISSED'}",
+        ),
+        (
+            "TF-IDF + LR, same notes",
+            r["tfidf_narrative"],
+            f"fine-tune - TF-IDF {r['first_narrative'] - r['tfidf_narrative']:+.4f} "
+            f"{'OK' if r['first_narrative'] > r['tfidf_narrative'] else 'MISSED'}",
+        ),
+        ("first: terse test AUC", r["first_terse"], "before the second fine-tune"),
+        (
+            "second: terse test AUC",
+            r["second_terse"],
+            f"best possible {r['best_possible_terse']:.4f}, "
+            f"gap {gap_second:+.4f} (target <= 0.02) {'OK' if gap_second <= 0.02 else 'MISSED'}",
+        ),
+        (
+            "second: narrative test AUC",
+            r["second_narrative"],
+            f"lost {forgetting:+.4f} (target <= 0.02) {'OK' if forgetting <= 0.02 else 'MISSED'}",
+        ),
+    ]
+    seconds = f"first {r['first_train_seconds']}s, second {r['second_train_seconds']}s"
+    print(f"method {r['method']}; train time {seconds}")
+    for name, value, note in rows:
+        print(f"{name:30s} {value:.4f}   {note}")
+    print(json.dumps(r))
+
+
+if __name__ == "__main__":
+    main()
