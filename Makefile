@@ -1,0 +1,43 @@
+# Short verbs for a fresh machine: `make run` (service on the embedded default), `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test test-ml test-service bench lint migrate
+
+install: $(STAMP)
+
+# torch is installed first with an exact pin: here that pin resolves to the CPU wheel on disk,
+# where a looser requirement would pull several GB of CUDA wheels.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+run: install
+	$(BIN)/notetune serve
+
+migrate: install
+	$(BIN)/notetune migrate
+
+test: install
+	bash scripts/ensure_services.sh
+	$(BIN)/python -m pytest -q -rs
+
+test-ml: install
+	$(BIN)/python -m pytest -q tests/ml
+
+test-service: install
+	bash scripts/ensure_services.sh
+	$(BIN)/python -m pytest -q tests/service
+
+bench: install
+	$(BIN)/python bench/train_throughput.py
+	$(BIN)/python bench/quality.py
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
