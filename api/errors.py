@@ -1,0 +1,112 @@
+"""One error shape for every response: {"error": {"code", "message", "details"}}.
+
+FastAPI's default 422 echoes the offending input back (`input` in each error), which could be a
+clinical note: the handler here keeps only where and why. Unhandled exceptions become a plain 500
+and are logged as type and stack only, never with their message or the request body.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from core.errors import ServiceError
+
+log = logging.getLogger("notetune.api")
+
+
+def error_response(
+    status_code: int,
+    code: str,
+    message: str,
+    details: dict[str, Any] | None = None,
+    headers: dict | None = None,
+) -> JSONResponse:
+    body = {"error": {"code": code, "message": message, "details": details or {}}}
+    return JSONResponse(body, status_code=status_code, headers=headers)
+
+
+def _status_code_name(status_code: int) -> str:
+    try:
+        return HTTPStatus(status_code).phrase.lower().replace(" ", "_").replace("-", "_")
+    except ValueError:
+        return "http_error"
+
+
+async def _service_error(_: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, ServiceError)
+    headers = {"WWW-Authenticate": "Bearer"} if error.status_code == 401 else None
+    return error_response(error.status_code, error.code, error.message, error.details, headers)
+
+
+async def _http_error(_: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, StarletteHTTPException)
+    messages = {404: "no such endpoint or resource", 405: "this method is not allowed on this endpoint"}
+    message = messages.get(error.status_code) or HTTPStatus(error.status_code).phrase
+    return error_response(
+        error.status_code, _status_code_name(error.status_code), message, headers=error.headers
+    )
+
+
+async def _validation_error(_: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, RequestValidationError)
+    problems = [
+        {
+            "location": [str(part) for part in item.get("loc", ())],
+            "message": item.get("msg", ""),
+            "type": item.get("type"),
+        }
+        for item in error.errors()
+    ]
+    return error_response(422, "validation_error", "the request is not valid", {"errors": problems})
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_middleware(UnhandledErrors)
+
+
+class UnhandledErrors:
+    """Answers any unhandled exception with the JSON 500, before Starlette's server-error layer
+    (which would log the exception message and could expose it in debug mode)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as error:
+            frames = "".join(traceback.format_tb(error.__traceback__))
+            log.error(
+                "unhandled %s on %s %s\n%s", type(error).__name__, scope.get("method"), _route(scope), frames
+            )
+            if not started:
+                response = error_response(500, "internal_error", "the server failed to handle this request")
+                await response(scope, receive, send)
+
+
+def _route(scope: Scope) -> str:
+    route = scope.get("route")
+    return getattr(route, "path", None) or "(unmatched route)"

@@ -1,0 +1,85 @@
+"""The FastAPI application: `uvicorn api.main:create_app --factory`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from api.deps import ApiRuntime
+from api.errors import error_response, install_error_handlers
+from api.routes import datasets, evaluations, jobs, keys, models, predict, system
+from core.db.session import Database
+from core.queue import JobQueue
+from core.settings import Settings
+from models_store.store import ModelStore
+
+DESCRIPTION = """
+Fine-tune BERT classifiers (full, LoRA, AdaLoRA) on labelled clinical notes, continue them on new
+data, evaluate and compare them, and serve predictions.
+
+Every endpoint except `/healthz` and these docs needs `Authorization: Bearer <api key>`. Roles:
+`admin` (keys, and everything else), `trainer` (datasets, jobs, evaluations, models, predict),
+`predictor` (predict and read models). Errors always have the shape
+`{"error": {"code", "message", "details"}}`.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from ml.predict import ModelCache
+
+        settings.ensure_directories()
+        database = Database(settings.sqlalchemy_url)
+        queue = JobQueue.from_settings(settings)
+        app.state.runtime = ApiRuntime(
+            settings=settings,
+            database=database,
+            queue=queue,
+            store=ModelStore(settings.models_root),
+            model_cache=ModelCache(max_models=settings.model_cache_size),
+        )
+        try:
+            yield
+        finally:
+            queue.close()
+            database.dispose()
+
+    app = FastAPI(title="notetune", version=_version(), description=DESCRIPTION, lifespan=lifespan)
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, limit_bytes=settings.max_upload_bytes + 1024 * 1024)
+    for module in (datasets, jobs, models, predict, evaluations, keys, system):
+        app.include_router(module.router)
+    return app
+
+
+def _version() -> str:
+    from api.routes.system import package_version
+
+    return package_version()
+
+
+class BodySizeLimit:
+    """Refuses a request whose declared body is over the limit before any of it is read (413)."""
+
+    def __init__(self, app: ASGIApp, limit_bytes: int) -> None:
+        self.app, self.limit_bytes = app, limit_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            declared = dict(scope.get("headers") or []).get(b"content-length")
+            if declared is not None and declared.isdigit() and int(declared) > self.limit_bytes:
+                response = error_response(
+                    413,
+                    "payload_too_large",
+                    f"the request body is larger than the limit of {self.limit_bytes} bytes",
+                    {"limit_bytes": self.limit_bytes},
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

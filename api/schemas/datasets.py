@@ -1,0 +1,21 @@
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import Field
+
+from api.schemas.common import ReadModel
+
+
+class DatasetRead(ReadModel):
+    id: str
+    name: str
+    sha256: str
+    size_bytes: int
+    rows: int
+    class_counts: dict[str, int] = Field(examples=[{"0": 780, "1": 220}])
+    duplicates: int
+    truncated_at_max_length: int = Field(
+        description="Notes longer than the tokenizer's max_length (256 tokens)"
+    )
+    created_at: datetime

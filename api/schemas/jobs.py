@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from api.schemas.common import ReadModel
+
+
+class FinetuneCreate(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"train_dataset_id": "3f1c...", "method": "lora", "hyperparameters": {"epochs": 8}},
+                {
+                    "train_dataset_id": "9ab2...",
+                    "parent_model_id": "77de...",
+                    "hyperparameters": {"epochs": 3},
+                },
+            ]
+        },
+    )
+
+    train_dataset_id: str = Field(max_length=64)
+    method: Literal["full", "lora", "adalora"] | None = Field(
+        default=None, description="Required for a first fine-tune; a second fine-tune inherits its parent's."
+    )
+    parent_model_id: str | None = Field(default=None, max_length=64, description="Continue this model.")
+    base_model: str | None = Field(
+        default=None,
+        max_length=500,
+        description="One of the service's allowed base models (default: its own).",
+    )
+    hyperparameters: dict[str, Any] = Field(default_factory=dict, examples=[{"epochs": 3, "lr": 1e-5}])
+    name: str | None = Field(default=None, max_length=200)
+
+
+class EvaluateCreate(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"test_dataset_id": "5e0a...", "model_ids": ["base", "77de...", "91fa..."]}]
+        },
+    )
+
+    test_dataset_id: str = Field(max_length=64)
+    model_ids: list[str] = Field(
+        min_length=1,
+        max_length=8,
+        description="Models to compare, first = reference; 'base' = untrained base model.",
+    )
+    n_resamples: int = Field(
+        default=1000, ge=100, le=10000, description="Bootstrap resamples for the 95% CIs."
+    )
+    seed: int = Field(default=0, ge=0)
+    name: str | None = Field(default=None, max_length=200)
+
+
+class JobProgress(BaseModel):
+    epoch: int | None = None
+    epochs: int | None = None
+    step: int | None = None
+    total_steps: int | None = None
+    percent: float | None = None
+    eta_seconds: float | None = None
+    loss: float | None = None
+
+
+class JobRead(ReadModel):
+    id: str
+    kind: Literal["finetune", "evaluate"]
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    name: str | None
+    method: str | None
+    stage: int | None
+    base_model: str | None
+    train_dataset_id: str | None
+    parent_model_id: str | None
+    test_dataset_id: str | None
+    hyperparameters: dict[str, Any]
+    progress: JobProgress | None
+    metrics: dict[str, Any] | None
+    model_id: str | None = Field(description="The trained model, once the job has succeeded.")
+    evaluation_id: str | None = Field(
+        description="The evaluation report, once an evaluation job has succeeded."
+    )
+    error: str | None
+    attempt: int
+    cancel_requested: bool
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class JobEventRead(ReadModel):
+    id: int
+    kind: str = Field(examples=["state", "epoch", "requeued", "cancel_requested"])
+    attempt: int
+    data: dict[str, Any]
+    created_at: datetime

@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from api.schemas.common import ReadModel
+
+
+class LineageEntry(BaseModel):
+    kind: Literal["model", "base_model"]
+    id: str | None
+    method: str | None = None
+    stage: int | None = None
+    name: str | None = None
+
+
+class ModelSummary(ReadModel):
+    id: str
+    name: str | None
+    job_id: str
+    parent_id: str | None
+    method: str
+    stage: int
+    base_model: str
+    threshold: float
+    created_at: datetime
+
+
+class ModelRead(ModelSummary):
+    train_dataset_id: str | None
+    temperature: float | None
+    hyperparameters: dict[str, Any]
+    data_summary: dict[str, Any]
+    metrics: dict[str, Any]
+    lineage: list[LineageEntry]

@@ -1,0 +1,86 @@
+"""Dataset uploads: validated before anything is stored, kept once per content hash."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from pathlib import Path, PurePath
+
+from sqlalchemy.orm import Session
+
+from core.db.base import utcnow
+from core.db.models import Dataset
+from core.db.repositories import DatasetRepository
+from core.errors import InvalidRequest, NotFound, PayloadTooLarge, safe_ref
+from core.settings import Settings
+
+DATASETS_SUBDIR = "datasets"
+
+
+def register_dataset(
+    session: Session, settings: Settings, content: bytes, filename: str | None
+) -> tuple[Dataset, bool]:
+    """Returns (dataset, created). The same bytes uploaded twice give the same dataset row."""
+    from ml.data import DataValidationError, inspect_csv
+
+    if len(content) > settings.max_upload_bytes:
+        raise PayloadTooLarge(
+            f"the file is larger than the upload limit of {settings.max_upload_bytes} bytes",
+            details={"limit_bytes": settings.max_upload_bytes},
+        )
+    repository = DatasetRepository(session)
+    sha256 = hashlib.sha256(content).hexdigest()
+    existing = repository.by_sha256(sha256)
+    if existing is not None:
+        return existing, False
+    try:
+        _, summary = inspect_csv(
+            content, max_length=settings.dataset_max_length, base_model=settings.base_model
+        )
+    except DataValidationError as error:
+        raise InvalidRequest(error.message, code=error.code, details=error.details) from None
+    relative = f"{DATASETS_SUBDIR}/{sha256}.csv"
+    _write_atomically(settings.data_dir / relative, content)
+    dataset = Dataset(
+        name=_display_name(filename, sha256),
+        sha256=sha256,
+        path=relative,
+        size_bytes=len(content),
+        rows=summary.rows,
+        class_counts=summary.class_counts,
+        duplicates=summary.duplicates,
+        truncated_at_max_length=summary.truncated_at_max_length,
+        summary=summary.to_dict(),
+        created_at=utcnow(),
+    )
+    return repository.add(dataset), True
+
+
+def get_dataset(session: Session, dataset_id: str) -> Dataset:
+    dataset = DatasetRepository(session).get(dataset_id)
+    if dataset is None:
+        raise NotFound(
+            "no dataset with this id", code="dataset_not_found", details={"id": safe_ref(dataset_id)}
+        )
+    return dataset
+
+
+def dataset_file(settings: Settings, dataset: Dataset) -> Path:
+    return settings.data_dir.resolve() / dataset.path
+
+
+def _display_name(filename: str | None, sha256: str) -> str:
+    # Browsers may send a full client path; keep only the last component.
+    name = PurePath((filename or "").replace("\\", "/")).name.strip()
+    return name[:200] or f"{sha256[:12]}.csv"
+
+
+def _write_atomically(path: Path, content: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    with open(temporary, "wb") as handle:
+        handle.write(content)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)

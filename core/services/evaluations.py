@@ -1,0 +1,86 @@
+"""Evaluation jobs: compare models (and the untrained base) on a held-out test set."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from sqlalchemy.orm import Session
+
+from core.db.base import new_id, utcnow
+from core.db.models import Evaluation, Job, JobKind, JobStatus
+from core.db.repositories import EvaluationRepository, JobEventRepository, JobRepository
+from core.errors import InvalidRequest, NotFound, safe_ref
+from core.services.datasets import get_dataset
+from core.services.jobs import finished_parent, idempotent_replay, request_fingerprint
+from core.settings import Settings
+
+BASE = "base"
+
+
+@dataclass(frozen=True)
+class EvaluationSpec:
+    test_dataset_id: str
+    model_ids: list[str] = field(default_factory=list)
+    n_resamples: int = 1000
+    seed: int = 0
+    name: str | None = None
+
+
+def create_evaluation_job(
+    session: Session,
+    settings: Settings,
+    spec: EvaluationSpec,
+    *,
+    api_key_id: str | None,
+    idempotency_key: str | None = None,
+) -> tuple[Job, bool]:
+    jobs = JobRepository(session)
+    fingerprint = request_fingerprint(JobKind.evaluate, asdict(spec))
+    if idempotency_key is not None:
+        existing = idempotent_replay(jobs, api_key_id, idempotency_key, fingerprint)
+        if existing is not None:
+            return existing, False
+    dataset = get_dataset(session, spec.test_dataset_id)
+    if len(set(spec.model_ids)) != len(spec.model_ids):
+        raise InvalidRequest("model_ids lists a model twice", code="duplicate_model")
+    entries, base_models = [], set()
+    for model_id in spec.model_ids:
+        if model_id == BASE:
+            entries.append({"name": BASE, "model_id": None})
+            continue
+        model = finished_parent(session, model_id)
+        base_models.add(model.base_model)
+        entries.append({"name": model.id, "model_id": model.id})
+    if len(base_models) > 1:
+        raise InvalidRequest(
+            "the models were trained from different base models; evaluate them separately",
+            code="mixed_base_models",
+        )
+    job = jobs.add(
+        Job(
+            id=new_id(),
+            kind=JobKind.evaluate,
+            status=JobStatus.queued,
+            name=spec.name,
+            api_key_id=api_key_id,
+            idempotency_key=idempotency_key,
+            request_fingerprint=fingerprint,
+            base_model=next(iter(base_models), settings.base_model),
+            test_dataset_id=dataset.id,
+            evaluation_models=entries,
+            evaluation_options={"n_resamples": spec.n_resamples, "seed": spec.seed},
+            hyperparameters={},
+            created_at=utcnow(),
+        )
+    )
+    JobEventRepository(session).add(job.id, "state", data={"status": JobStatus.queued.value})
+    return job, True
+
+
+def get_evaluation(session: Session, evaluation_id: str) -> Evaluation:
+    evaluation = EvaluationRepository(session).get(evaluation_id)
+    if evaluation is None:
+        raise NotFound(
+            "no evaluation with this id", code="evaluation_not_found", details={"id": safe_ref(evaluation_id)}
+        )
+    return evaluation

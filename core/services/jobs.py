@@ -1,0 +1,265 @@
+"""The job state machine.
+
+    queued --claim--> running --> succeeded | failed | cancelled
+    queued --cancel--> cancelled
+    running --stale heartbeat, attempts left--> queued
+    running --stale heartbeat, no attempts left--> failed
+
+Every transition is a compare-and-set in JobRepository, so two workers, a late redelivery or a
+reaper can never both move the same job. Services flush but never commit: the caller owns that.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from core.db.base import new_id, utcnow
+from core.db.models import Job, JobKind, JobStatus, Model
+from core.db.repositories import JobEventRepository, JobRepository, ModelRepository
+from core.errors import Conflict, InvalidRequest, NotFound, safe_ref
+from core.services.datasets import get_dataset
+from core.settings import Settings
+
+TASK_NAMES: dict[JobKind, str] = {JobKind.finetune: "training.run", JobKind.evaluate: "evaluation.run"}
+
+
+@dataclass(frozen=True)
+class FinetuneSpec:
+    train_dataset_id: str
+    method: str | None = None
+    parent_model_id: str | None = None
+    base_model: str | None = None
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    name: str | None = None
+
+
+def create_finetune_job(
+    session: Session,
+    settings: Settings,
+    spec: FinetuneSpec,
+    *,
+    api_key_id: str | None,
+    idempotency_key: str | None = None,
+) -> tuple[Job, bool]:
+    """Validate everything that can be checked before training; returns (job, created)."""
+    jobs = JobRepository(session)
+    fingerprint = request_fingerprint(JobKind.finetune, asdict(spec))
+    if idempotency_key is not None:
+        existing = idempotent_replay(jobs, api_key_id, idempotency_key, fingerprint)
+        if existing is not None:
+            return existing, False
+
+    dataset = get_dataset(session, spec.train_dataset_id)
+    method, stage, base_model = _lineage_choice(session, settings, spec)
+    config = train_config(stage, method, spec.hyperparameters)
+    _check_trainable(dataset.summary, config.min_rows)
+
+    job = jobs.add(
+        Job(
+            id=new_id(),
+            kind=JobKind.finetune,
+            status=JobStatus.queued,
+            name=spec.name,
+            api_key_id=api_key_id,
+            idempotency_key=idempotency_key,
+            request_fingerprint=fingerprint,
+            method=method,
+            stage=stage,
+            base_model=base_model,
+            train_dataset_id=dataset.id,
+            parent_model_id=spec.parent_model_id,
+            hyperparameters=dict(spec.hyperparameters),
+            output_model_id=new_id(),
+            created_at=utcnow(),
+        )
+    )
+    JobEventRepository(session).add(job.id, "state", data={"status": JobStatus.queued.value})
+    return job, True
+
+
+def idempotent_replay(jobs: JobRepository, api_key_id: str | None, key: str, fingerprint: str) -> Job | None:
+    existing = jobs.by_idempotency_key(api_key_id, key)
+    if existing is not None and existing.request_fingerprint != fingerprint:
+        raise Conflict(
+            "this Idempotency-Key was already used for a different request",
+            code="idempotency_key_reused",
+            details={"job_id": existing.id},
+        )
+    return existing
+
+
+def train_config(stage: int, method: str, hyperparameters: dict[str, Any]) -> Any:
+    from ml.config import ConfigError, TrainConfig
+
+    try:
+        return TrainConfig.for_stage(stage, method, hyperparameters)
+    except ConfigError as error:
+        raise InvalidRequest(str(error), code="invalid_hyperparameters") from None
+
+
+def _lineage_choice(session: Session, settings: Settings, spec: FinetuneSpec) -> tuple[str, int, str]:
+    """(method, stage, base model): from the parent for a second fine-tune, else from the request."""
+    from ml.config import METHODS
+
+    if spec.parent_model_id is None:
+        if spec.method is None:
+            raise InvalidRequest("'method' is required for a first fine-tune", code="method_required")
+        if spec.method not in METHODS:
+            raise InvalidRequest(f"method must be one of {', '.join(METHODS)}", code="unknown_method")
+        base_model = spec.base_model or settings.base_model
+        if not settings.base_model_allowed(base_model):
+            raise InvalidRequest(
+                "base_model is not one of the base models this service allows",
+                code="base_model_not_allowed",
+                details={"allowed": [settings.base_model, *settings.allowed_base_models]},
+            )
+        return spec.method, 1, base_model
+
+    parent = finished_parent(session, spec.parent_model_id)
+    if spec.method is not None and spec.method != parent.method:
+        raise InvalidRequest(
+            f"the parent model was trained with method '{parent.method}'; a second fine-tune continues the "
+            f"same method and cannot switch to '{spec.method}'",
+            code="method_mismatch",
+            details={"parent_method": parent.method, "requested_method": spec.method},
+        )
+    if spec.base_model is not None and spec.base_model != parent.base_model:
+        raise InvalidRequest(
+            "a second fine-tune uses its parent's base model; leave base_model out",
+            code="base_model_mismatch",
+        )
+    return parent.method, parent.stage + 1, parent.base_model
+
+
+def finished_parent(session: Session, parent_model_id: str) -> Model:
+    parent = ModelRepository(session).get(parent_model_id)
+    if parent is not None:
+        return parent
+    producing_job = JobRepository(session).by_output_model_id(parent_model_id)
+    if producing_job is not None:
+        raise Conflict(
+            f"the parent model's job is {producing_job.status}; only the model of a succeeded job can be "
+            "fine-tuned further",
+            code="parent_not_ready",
+            details={"job_id": producing_job.id, "job_status": str(producing_job.status)},
+        )
+    raise NotFound("no model with this id", code="model_not_found", details={"id": safe_ref(parent_model_id)})
+
+
+def _check_trainable(stored_summary: dict[str, Any], min_rows: int) -> None:
+    from ml.data import DatasetSummary, DataValidationError, check_trainable
+
+    try:
+        check_trainable(DatasetSummary(**stored_summary), min_rows)
+    except DataValidationError as error:
+        raise InvalidRequest(error.message, code=error.code, details=error.details) from None
+
+
+def request_fingerprint(kind: JobKind, payload: dict[str, Any]) -> str:
+    canonical = json.dumps({"kind": kind.value, **payload}, sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def get_job(session: Session, job_id: str) -> Job:
+    job = JobRepository(session).get(job_id)
+    if job is None:
+        raise NotFound("no job with this id", code="job_not_found", details={"id": safe_ref(job_id)})
+    return job
+
+
+def cancel_job(session: Session, job_id: str) -> Job:
+    """A queued job is cancelled at once; a running one is flagged and stops at its next step."""
+    jobs, now = JobRepository(session), utcnow()
+    job = get_job(session, job_id)
+    if jobs.cancel_if_queued(job_id, now):
+        JobEventRepository(session).add(job_id, "state", attempt=job.attempt, data={"status": "cancelled"})
+    elif jobs.request_cancel_if_running(job_id, now):
+        JobEventRepository(session).add(job_id, "cancel_requested", attempt=job.attempt)
+    else:
+        job = jobs.refreshed(job_id) or job
+        raise Conflict(
+            f"the job is already {job.status} and cannot be cancelled",
+            code="job_finished",
+            details={"status": str(job.status)},
+        )
+    return jobs.refreshed(job_id) or job
+
+
+@dataclass(frozen=True)
+class ReapResult:
+    requeued: list[Job]
+    failed: list[Job]
+    cancelled: list[Job]
+
+
+def reap_stale_jobs(session: Session, settings: Settings, now: datetime | None = None) -> ReapResult:
+    """Jobs whose worker stopped heartbeating: re-queue them, or fail them after max_attempts.
+
+    The caller commits, then enqueues the re-queued jobs (a queued job needs a new message: the old
+    one may be gone with the dead worker).
+    """
+    now = now or utcnow()
+    jobs, events = JobRepository(session), JobEventRepository(session)
+    cutoff = now - timedelta(seconds=settings.stale_after_s)
+    result = ReapResult([], [], [])
+    for job in jobs.stale_running(cutoff):
+        silent_for = f"no heartbeat for over {settings.stale_after_s:g} s"
+        if job.cancel_requested:
+            if jobs.finish(job.id, job.attempt, JobStatus.cancelled, now):
+                events.add(
+                    job.id, "state", attempt=job.attempt, data={"status": "cancelled", "reason": silent_for}
+                )
+                result.cancelled.append(job)
+        elif job.attempt < settings.max_attempts:
+            if jobs.requeue(job.id, job.attempt, now):
+                events.add(
+                    job.id, "requeued", attempt=job.attempt, data={"status": "queued", "reason": silent_for}
+                )
+                result.requeued.append(job)
+        else:
+            error = (
+                f"the worker running this job stopped responding ({silent_for}) on attempt {job.attempt} of "
+                f"{settings.max_attempts}; giving up"
+            )
+            if jobs.finish(job.id, job.attempt, JobStatus.failed, now, error=error):
+                events.add(job.id, "state", attempt=job.attempt, data={"status": "failed", "error": error})
+                result.failed.append(job)
+    return result
+
+
+def progress_record(
+    *, epoch: int, epochs: int, step: int, total_steps: int, elapsed_s: float, loss: float | None = None
+) -> dict[str, Any]:
+    fraction = step / total_steps if total_steps else 0.0
+    eta = elapsed_s / step * (total_steps - step) if step else None
+    return json_safe(
+        {
+            "epoch": epoch,
+            "epochs": epochs,
+            "step": step,
+            "total_steps": total_steps,
+            "percent": round(100.0 * fraction, 1),
+            "eta_seconds": round(eta, 1) if eta is not None else None,
+            "loss": loss,
+        }
+    )
+
+
+def json_safe(value: Any) -> Any:
+    """NaN and infinity are not JSON (PostgreSQL refuses them): store them as null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(key): json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    if hasattr(value, "item") and callable(value.item):  # numpy scalars
+        return json_safe(value.item())
+    return value

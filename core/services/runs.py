@@ -1,0 +1,155 @@
+"""What a worker records while it runs a job: claim, progress, and the final state.
+
+Each function is one step of a run and is called inside its own short transaction by the worker,
+so the API sees progress as it happens. Every write is conditional on the run still owning the
+job (same attempt, still running): a run that was reaped or cancelled cannot overwrite the outcome.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from core.db.base import utcnow
+from core.db.models import Evaluation, Job, JobStatus, Model
+from core.db.repositories import EvaluationRepository, JobEventRepository, JobRepository, ModelRepository
+from core.services.jobs import json_safe
+
+# Manifest entries that summarise how well a model did; stored on the job and on the model row.
+METRIC_KEYS = (
+    "validation_metrics",
+    "comparison",
+    "forgetting_check",
+    "calibration",
+    "best_epoch",
+    "epochs_run",
+    "stopped_early",
+    "threshold",
+    "threshold_note",
+    "temperature",
+    "trainable_parameters",
+    "adalora_ranks",
+)
+
+
+@dataclass(frozen=True)
+class RunState:
+    status: JobStatus
+    attempt: int
+    cancel_requested: bool
+
+    def owned_by(self, attempt: int) -> bool:
+        return self.status == JobStatus.running and self.attempt == attempt
+
+
+def claim(session: Session, job_id: str, worker: str) -> Job | None:
+    """queued -> running with attempt + 1; None when the job is not queued (a redelivery, a cancel)."""
+    now = utcnow()
+    jobs = JobRepository(session)
+    if not jobs.claim(job_id, worker, now):
+        return None
+    job = jobs.refreshed(job_id)
+    assert job is not None
+    JobEventRepository(session).add(
+        job_id, "state", attempt=job.attempt, data={"status": "running", "worker": worker}
+    )
+    return job
+
+
+def run_state(session: Session, job_id: str) -> RunState | None:
+    state = JobRepository(session).run_state(job_id)
+    return RunState(*state) if state is not None else None
+
+
+def heartbeat(session: Session, job_id: str, attempt: int, now: datetime | None = None) -> bool:
+    return JobRepository(session).heartbeat(job_id, attempt, now or utcnow())
+
+
+def record_progress(
+    session: Session,
+    job_id: str,
+    attempt: int,
+    progress: dict[str, Any],
+    epoch_metrics: dict[str, Any] | None = None,
+) -> bool:
+    if not JobRepository(session).set_progress(job_id, attempt, json_safe(progress), utcnow()):
+        return False
+    if epoch_metrics is not None:
+        JobEventRepository(session).add(job_id, "epoch", attempt=attempt, data=json_safe(epoch_metrics))
+    return True
+
+
+def training_metrics(manifest: dict[str, Any]) -> dict[str, Any]:
+    return json_safe({key: manifest[key] for key in METRIC_KEYS if key in manifest})
+
+
+def record_finetune_success(
+    session: Session, job: Job, attempt: int, manifest: dict[str, Any], model_path: str
+) -> bool:
+    """running -> succeeded and the model row, together; False if the run no longer owns the job."""
+    metrics = training_metrics(manifest)
+    if not JobRepository(session).finish(job.id, attempt, JobStatus.succeeded, utcnow(), metrics=metrics):
+        return False
+    assert job.output_model_id is not None
+    ModelRepository(session).add(
+        Model(
+            id=job.output_model_id,
+            name=job.name,
+            job_id=job.id,
+            parent_id=job.parent_model_id,
+            method=manifest["method"],
+            stage=int(manifest["stage"]),
+            base_model=manifest["base_model"],
+            path=model_path,
+            train_dataset_id=job.train_dataset_id,
+            hyperparameters=json_safe(manifest["hyperparameters"]),
+            data_summary=json_safe(manifest.get("data", {})),
+            metrics=metrics,
+            threshold=float(manifest["threshold"]),
+            temperature=manifest.get("temperature"),
+            manifest=json_safe(manifest),
+            created_at=utcnow(),
+        )
+    )
+    JobEventRepository(session).add(job.id, "state", attempt=attempt, data={"status": "succeeded"})
+    return True
+
+
+def record_evaluation_success(
+    session: Session, job: Job, attempt: int, evaluation_id: str, report: dict[str, Any], arrays_path: str
+) -> bool:
+    summary = {"evaluation_id": evaluation_id}
+    if not JobRepository(session).finish(job.id, attempt, JobStatus.succeeded, utcnow(), metrics=summary):
+        return False
+    assert job.test_dataset_id is not None
+    EvaluationRepository(session).add(
+        Evaluation(
+            id=evaluation_id,
+            job_id=job.id,
+            test_dataset_id=job.test_dataset_id,
+            report=json_safe(report),
+            arrays_path=arrays_path,
+            created_at=utcnow(),
+        )
+    )
+    JobEventRepository(session).add(job.id, "state", attempt=attempt, data={"status": "succeeded"})
+    return True
+
+
+def record_failure(session: Session, job_id: str, attempt: int, error: str) -> bool:
+    if not JobRepository(session).finish(job_id, attempt, JobStatus.failed, utcnow(), error=error):
+        return False
+    JobEventRepository(session).add(
+        job_id, "state", attempt=attempt, data={"status": "failed", "error": error}
+    )
+    return True
+
+
+def record_cancelled(session: Session, job_id: str, attempt: int) -> bool:
+    if not JobRepository(session).finish(job_id, attempt, JobStatus.cancelled, utcnow()):
+        return False
+    JobEventRepository(session).add(job_id, "state", attempt=attempt, data={"status": "cancelled"})
+    return True

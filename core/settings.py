@@ -1,0 +1,99 @@
+"""Service settings: one `Settings` object read from the environment.
+
+`DATABASE_URL` and `CELERY_BROKER_URL` keep their conventional names (docker-compose and hosting
+platforms set them); everything else has the `NOTETUNE_` prefix. With neither URL set the service
+runs embedded: SQLite and Kombu's SQLAlchemy transport in the data directory, no servers needed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_base_model() -> str:
+    from ml.config import default_base_model
+
+    return default_base_model()
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="NOTETUNE_", extra="ignore", env_ignore_empty=True)
+
+    database_url: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("DATABASE_URL", "NOTETUNE_DATABASE_URL")
+    )
+    broker_url: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("CELERY_BROKER_URL", "NOTETUNE_BROKER_URL")
+    )
+    data_dir: Path = Path("data")
+    model_store_dir: Path | None = None
+    base_model: str = Field(default_factory=_default_base_model)
+    # Names a request may pass as `base_model`; the configured base model is always allowed.
+    allowed_base_models: list[str] = Field(default_factory=list)
+
+    queue_name: str = "notetune"
+    job_soft_time_limit_s: int = Field(default=6 * 3600, ge=10)
+    job_hard_time_limit_s: int = Field(default=6 * 3600 + 300, ge=20)
+    heartbeat_interval_s: float = Field(default=10.0, gt=0)
+    stale_after_s: float = Field(default=120.0, gt=0)
+    reaper_interval_s: float = Field(default=30.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1)
+
+    model_cache_size: int = Field(default=4, ge=1)
+    max_upload_bytes: int = Field(default=50 * 1024 * 1024, ge=1024)
+    dataset_max_length: int = Field(default=256, ge=8, le=512)
+    max_predict_texts: int = Field(default=64, ge=1)
+    max_text_chars: int = Field(default=20_000, ge=1)
+    page_size_limit: int = Field(default=200, ge=1)
+
+    @model_validator(mode="after")
+    def _limits_are_consistent(self) -> Settings:
+        if self.job_hard_time_limit_s <= self.job_soft_time_limit_s:
+            raise ValueError("NOTETUNE_JOB_HARD_TIME_LIMIT_S must be larger than the soft limit")
+        if self.stale_after_s <= self.heartbeat_interval_s * 2:
+            raise ValueError("NOTETUNE_STALE_AFTER_S must be more than twice the heartbeat interval")
+        return self
+
+    @property
+    def embedded(self) -> bool:
+        return self.database_url is None
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        if self.database_url is not None:
+            return self.database_url.get_secret_value()
+        return f"sqlite:///{(self.data_dir / 'notetune.sqlite3').resolve()}"
+
+    @property
+    def celery_broker_url(self) -> str:
+        if self.broker_url is not None:
+            return self.broker_url.get_secret_value()
+        return f"sqla+sqlite:///{(self.data_dir / 'broker.sqlite3').resolve()}"
+
+    @property
+    def models_root(self) -> Path:
+        return (self.model_store_dir or self.data_dir / "models").resolve()
+
+    @property
+    def datasets_root(self) -> Path:
+        return (self.data_dir / "datasets").resolve()
+
+    @property
+    def evaluations_root(self) -> Path:
+        return (self.data_dir / "evaluations").resolve()
+
+    @property
+    def broker_visibility_timeout_s(self) -> int:
+        # Redis redelivers an unacknowledged message after this long: it must outlive the longest job,
+        # or a healthy long run would be handed to a second worker.
+        return self.job_hard_time_limit_s + 600
+
+    def base_model_allowed(self, name: str) -> bool:
+        return name == self.base_model or name in self.allowed_base_models
+
+    def ensure_directories(self) -> None:
+        for directory in (self.data_dir, self.models_root, self.datasets_root, self.evaluations_root):
+            Path(directory).mkdir(parents=True, exist_ok=True)

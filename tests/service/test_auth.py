@@ -1,0 +1,87 @@
+"""Every route but /healthz and the docs needs a key (401), and the right role (403)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.service.helpers import bearer
+
+PUBLIC = {("GET", "/healthz")}
+# The least role each route accepts; admin may do everything, a trainer may also predict.
+REQUIRED_ROLE = {
+    ("POST", "/datasets"): "trainer",
+    ("GET", "/datasets"): "trainer",
+    ("GET", "/datasets/{dataset_id}"): "trainer",
+    ("POST", "/jobs/finetune"): "trainer",
+    ("POST", "/jobs/evaluate"): "trainer",
+    ("GET", "/jobs"): "trainer",
+    ("GET", "/jobs/{job_id}"): "trainer",
+    ("GET", "/jobs/{job_id}/events"): "trainer",
+    ("POST", "/jobs/{job_id}/cancel"): "trainer",
+    ("GET", "/models"): "predictor",
+    ("GET", "/models/{model_id}"): "predictor",
+    ("POST", "/predict"): "predictor",
+    ("GET", "/evaluations/{evaluation_id}"): "trainer",
+    ("GET", "/evaluations/{evaluation_id}/plots/{kind}.png"): "trainer",
+    ("POST", "/keys"): "admin",
+    ("GET", "/keys"): "admin",
+    ("DELETE", "/keys/{key_id}"): "admin",
+    ("GET", "/version"): "predictor",
+}
+RANK = {"predictor": 0, "trainer": 1, "admin": 2}
+
+
+def api_routes(app) -> list[tuple[str, str]]:
+    # The OpenAPI document lists every API route (this FastAPI nests included routers, so
+    # app.routes does not hold them flat).
+    return sorted((method.upper(), path) for path, item in app.openapi()["paths"].items() for method in item)
+
+
+def concrete(path: str) -> str:
+    return re.sub(r"\{kind\}", "roc", re.sub(r"\{[a-z_]+_id\}", "0" * 32, path))
+
+
+def test_every_route_is_classified(app):
+    assert set(api_routes(app)) == set(REQUIRED_ROLE) | PUBLIC
+
+
+@pytest.mark.parametrize(("method", "path"), sorted(REQUIRED_ROLE))
+def test_route_needs_a_valid_key_of_the_right_role(client, keys, method, path):
+    url = concrete(path)
+    for headers in ({}, bearer("ntk_not-a-real-key"), {"Authorization": "Basic dXNlcjpwYXNz"}):
+        response = client.request(method, url, headers=headers)
+        assert response.status_code == 401, (method, path, response.text)
+        assert response.json()["error"]["code"] in ("missing_api_key", "invalid_api_key")
+        assert response.headers["www-authenticate"] == "Bearer"
+    for role, rank in RANK.items():
+        response = client.request(method, url, headers=bearer(keys[role]))
+        if rank < RANK[REQUIRED_ROLE[(method, path)]]:
+            assert response.status_code == 403, (method, path, role, response.text)
+            assert response.json()["error"]["code"] == "insufficient_role"
+        else:
+            assert response.status_code not in (401, 403), (method, path, role, response.text)
+
+
+def test_public_routes_and_docs_need_no_key(client, workers):
+    workers.ensure_running()
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/docs").status_code == 200
+    schema = client.get("/openapi.json")
+    assert schema.status_code == 200
+    finetune = schema.json()["paths"]["/jobs/finetune"]["post"]["requestBody"]["content"]
+    assert {"application/json", "multipart/form-data"} <= set(finetune)
+
+
+def test_revoked_key_is_refused(client, keys):
+    admin = bearer(keys["admin"])
+    created = client.post("/keys", json={"role": "predictor", "name": "short-lived"}, headers=admin)
+    assert created.status_code == 201
+    key = created.json()["key"]
+    assert client.get("/models", headers=bearer(key)).status_code == 200
+    listed = client.get("/keys", headers=admin).json()["data"]
+    assert all("key" not in item for item in listed)
+    assert client.delete(f"/keys/{created.json()['id']}", headers=admin).status_code == 204
+    refused = client.get("/models", headers=bearer(key))
+    assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"

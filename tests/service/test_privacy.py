@@ -1,0 +1,139 @@
+"""A canary note string never reaches logs, broker messages or error bodies; the audit has hashes only."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import uuid
+
+import pytest
+import redis
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+
+from tests.service.helpers import SMALL_JOB, bearer, notes_csv, rows_csv, upload, wait_for_job
+
+CANARY = f"CANARY{uuid.uuid4().hex[:12]}"
+
+
+def redis_contents(client: redis.Redis) -> bytes:
+    """Every key and value in this session's Redis database, whatever the type."""
+    chunks = []
+    for key in client.scan_iter(count=1000):
+        chunks.append(key)
+        kind = client.type(key)
+        if kind == b"string":
+            chunks.append(client.get(key) or b"")
+        elif kind == b"list":
+            chunks.extend(client.lrange(key, 0, -1))
+        elif kind == b"hash":
+            for field, value in client.hgetall(key).items():
+                chunks.extend((field, value))
+        elif kind == b"set":
+            chunks.extend(client.smembers(key))
+        elif kind == b"zset":
+            chunks.extend(client.zrange(key, 0, -1))
+    return b"\n".join(chunks)
+
+
+class BrokerSampler:
+    """Snapshots Redis every few milliseconds while a job is queued and running."""
+
+    def __init__(self, url: str) -> None:
+        self.client = redis.Redis.from_url(url)
+        self.samples: list[bytes] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append(redis_contents(self.client))
+            self._stop.wait(0.02)
+
+    def __enter__(self) -> BrokerSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.samples.append(redis_contents(self.client))
+        self.client.close()
+
+
+@pytest.fixture(scope="module")
+def canary_model(client, keys, workers, redis_url) -> tuple[str, list[bytes]]:
+    workers.ensure_running()
+    trainer = keys["trainer"]
+    dataset = upload(client, trainer, notes_csv(40, seed=401, canary=CANARY), "canary.csv")
+    assert dataset.status_code in (200, 201)
+    with BrokerSampler(redis_url) as sampler:
+        body = {"train_dataset_id": dataset.json()["id"], "method": "lora", "hyperparameters": SMALL_JOB}
+        job = client.post("/jobs/finetune", json=body, headers=bearer(trainer)).json()
+        done = wait_for_job(client, trainer, job["id"])
+    assert done["status"] == "succeeded", done["error"]
+    return done["model_id"], sampler.samples
+
+
+def test_canary_never_in_broker_messages(canary_model, settings):
+    _, samples = canary_model
+    # The sampler must have seen the task message itself for this check to mean anything.
+    assert any(settings.queue_name.encode() in sample or b"training.run" in sample for sample in samples)
+    assert all(CANARY.encode() not in sample for sample in samples)
+
+
+def test_canary_never_in_error_bodies(client, keys, canary_model):
+    trainer, predictor = bearer(keys["trainer"]), bearer(keys["predictor"])
+    model_id, _ = canary_model
+    bad_label = rows_csv([(f"note {CANARY}", 1), (f"other {CANARY}", "died")])
+    short_row = f"Text,label\nfine,1\n{CANARY} without a label\n".encode()
+    responses = [
+        client.post("/datasets", files={"file": ("x.csv", bad_label, "text/csv")}, headers=trainer),
+        client.post("/datasets", files={"file": ("x.csv", short_row, "text/csv")}, headers=trainer),
+        client.post("/predict", json={"model_id": model_id, "texts": [CANARY * 400]}, headers=predictor),
+        client.post("/predict", json={"model_id": model_id, "texts": CANARY}, headers=predictor),
+        client.post("/predict", json={"model_id": CANARY, "texts": [CANARY]}, headers=predictor),
+        client.post("/jobs/finetune", json={"train_dataset_id": CANARY, "method": "lora"}, headers=trainer),
+        client.get(f"/jobs/{CANARY}", headers=trainer),
+    ]
+    for response in responses:
+        assert 400 <= response.status_code < 500, response.text
+        assert CANARY not in response.text
+
+
+def test_predictions_are_audited_without_the_note(client, keys, canary_model, database):
+    model_id, _ = canary_model
+    note = f"Patient with stage IV disease {CANARY}"
+    response = client.post(
+        "/predict", json={"model_id": model_id, "texts": [note]}, headers=bearer(keys["predictor"])
+    )
+    assert response.status_code == 200
+    assert CANARY not in response.text
+    with database.session() as session:
+        rows = session.execute(
+            text("SELECT note_sha256, output::text, api_key_id FROM prediction_audit WHERE model_id = :id"),
+            {"id": model_id},
+        ).all()
+    assert hashlib.sha256(note.encode()).hexdigest() in {row[0] for row in rows}
+    assert all(CANARY not in row[1] for row in rows)
+    assert all(row[2] is not None for row in rows)
+
+
+def test_audit_is_append_only(database, canary_model):
+    for statement in ("UPDATE prediction_audit SET model_id = 'x'", "DELETE FROM prediction_audit"):
+        with pytest.raises(DBAPIError, match="append-only"), database.transaction() as session:
+            session.execute(text(statement))
+
+
+def test_canary_never_in_logs_or_job_rows(canary_model, worker_log, api_log, database):
+    for log in (worker_log, api_log):
+        content = log.read_text(errors="replace")
+        assert content, f"{log.name} is empty: the check would be meaningless"
+        assert CANARY not in content
+    with database.session() as session:
+        rows = (
+            session.execute(text("SELECT coalesce(error, '') || coalesce(metrics::text, '') FROM jobs"))
+            .scalars()
+            .all()
+        )
+    assert all(CANARY not in row for row in rows)

@@ -1,0 +1,76 @@
+"""A thread in the worker's main process: reports the worker alive and reaps jobs of dead workers.
+
+Reaping from every worker (not one scheduler) keeps the system free of a single point of failure:
+the compare-and-set in the job state machine makes concurrent reapers safe.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+
+from celery import Celery
+
+from core.db.base import utcnow
+from core.db.repositories import WorkerRepository
+from core.services.jobs import TASK_NAMES, reap_stale_jobs
+from worker.runtime import WorkerRuntime
+
+log = logging.getLogger("notetune.worker.monitor")
+
+
+class WorkerMonitor:
+    def __init__(self, runtime: WorkerRuntime, celery: Celery, name: str) -> None:
+        self.runtime = runtime
+        self.celery = celery
+        self.name = name
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="notetune-monitor", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        try:
+            with self.runtime.database.transaction() as session:
+                WorkerRepository(session).remove(self.name)
+        except Exception as error:
+            log.warning("could not remove the worker heartbeat row (%s)", type(error).__name__)
+
+    def _loop(self) -> None:
+        settings = self.runtime.settings
+        next_reap = 0.0
+        while not self._stop.is_set():
+            try:
+                self._beat()
+                if time.monotonic() >= next_reap:
+                    self.reap_once()
+                    next_reap = time.monotonic() + settings.reaper_interval_s
+            except Exception as error:
+                # The database may be briefly unreachable; keep trying rather than die silently.
+                log.warning("worker monitor step failed (%s)", type(error).__name__)
+            self._stop.wait(settings.heartbeat_interval_s)
+
+    def _beat(self) -> None:
+        with self.runtime.database.transaction() as session:
+            WorkerRepository(session).beat(self.name, socket.gethostname(), os.getpid(), utcnow())
+
+    def reap_once(self) -> None:
+        with self.runtime.database.transaction() as session:
+            result = reap_stale_jobs(session, self.runtime.settings)
+        # Enqueue only after the commit that put the jobs back to queued.
+        for job in result.requeued:
+            log.warning("job %s lost its worker; re-queued after attempt %d", job.id, job.attempt)
+            self.celery.send_task(TASK_NAMES[job.kind], args=[job.id], queue=self.runtime.settings.queue_name)
+        for job in result.failed:
+            log.warning("job %s lost its worker on its last attempt (%d); marked failed", job.id, job.attempt)
+            if job.output_model_id:
+                self.runtime.store.remove(job.output_model_id)
+        for job in result.cancelled:
+            if job.output_model_id:
+                self.runtime.store.remove(job.output_model_id)

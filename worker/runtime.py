@@ -1,0 +1,46 @@
+"""What a worker process needs, built lazily once per process (after the prefork pool has forked)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+
+from core.db.session import Database
+from core.settings import Settings
+from models_store.store import ModelStore
+
+
+@dataclass
+class WorkerRuntime:
+    settings: Settings
+    database: Database = field(init=False)
+    store: ModelStore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.settings.ensure_directories()
+        self.database = Database(self.settings.sqlalchemy_url)
+        self.store = ModelStore(self.settings.models_root)
+
+
+class RuntimeHolder:
+    """One runtime per process; `reset` after fork so a child never reuses its parent's connections."""
+
+    def __init__(self) -> None:
+        self._runtime: WorkerRuntime | None = None
+        self._pid: int | None = None
+
+    def get(self) -> WorkerRuntime:
+        if self._runtime is None or self._pid != os.getpid():
+            self._runtime = WorkerRuntime(Settings())
+            self._pid = os.getpid()
+        return self._runtime
+
+    def reset(self) -> None:
+        if self._runtime is not None and self._pid == os.getpid():
+            self._runtime.database.dispose()
+        self._runtime, self._pid = None, None
+
+
+def worker_name(hostname: str | None = None) -> str:
+    return f"{hostname or socket.gethostname()}:{os.getpid()}"
