@@ -53,9 +53,14 @@ def evaluate_models(
     outputs = score_models(notes.texts, models, cache=cache, base_model=base_model)
     report = evaluate_outputs(notes.labels, outputs, n_resamples=n_resamples, seed=seed)
     report["data"] = summary.to_dict()
-    arrays = {"y_true": notes.labels, **{f"prob:{o.name}": o.prob for o in outputs}}
+    return report, plot_arrays(notes.labels, outputs)
+
+
+def plot_arrays(labels: np.ndarray, outputs: list[ModelOutput]) -> dict[str, np.ndarray]:
+    """What an evaluation saves (np.savez) so its plots can be drawn later without the notes."""
+    arrays = {"y_true": labels, **{f"prob:{o.name}": o.prob for o in outputs}}
     arrays.update({f"threshold:{o.name}": np.asarray([o.threshold]) for o in outputs})
-    return report, arrays
+    return arrays
 
 
 def outputs_from_arrays(arrays: dict[str, np.ndarray], report: dict) -> tuple[np.ndarray, list[ModelOutput]]:

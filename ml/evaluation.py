@@ -33,7 +33,7 @@ from ml.stats import (
 MAX_MODELS = 8
 ALPHA = 0.05
 FORGETTING_METRICS = ("roc_auc", "f1", "sensitivity", "specificity", "accuracy")
-THRESHOLD_KINDS = {"at_0_5": "0.5", "at_threshold": "stored"}
+THRESHOLD_KINDS = {"at_0_5": "0.5", "at_threshold": "decision"}
 # A spreadsheet treats a cell starting with one of these as a formula (CSV injection).
 _FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 

@@ -1,8 +1,8 @@
 """First and second fine-tunes: one explicit training loop, then an atomic model directory.
 
 The loop: AdamW, linear warm-up then linear decay, class-weighted cross-entropy, gradient clipping,
-bf16 autocast on CUDA and on CPUs with native bf16, validation after every epoch, early stopping with patience on a chosen
-metric, and the best epoch's weights kept. Hooks report progress and let the caller stop the run.
+bf16 autocast on CUDA and on CPUs with native bf16, validation after every epoch, early stopping
+with patience on a chosen metric, and the best epoch's weights kept. Hooks report progress and let the caller stop the run.
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ from ml.inference import predict_logits
 from ml.modeling import (
     METHOD_REGISTRY,
     adalora_ranks,
+    adamw,
     load_base_classifier,
     load_tokenizer,
-    adamw,
     pick_device,
     resolve_base_model,
     trainable_parameter_count,

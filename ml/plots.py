@@ -145,7 +145,7 @@ def _draw_confusion(figure: Figure, labels: np.ndarray, outputs: list[ModelOutpu
         axes.set_xlabel("Predicted")
         axes.set_ylabel("Actual")
         _set_panel_title(axes, output.name, output.threshold, title_px)
-    figure.suptitle(f"Confusion matrices at each model's stored threshold (n={labels.size})")
+    figure.suptitle(f"Confusion matrices at each model's decision threshold (n={labels.size})")
 
 
 def _reliability_points(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

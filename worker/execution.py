@@ -12,8 +12,9 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from celery.exceptions import SoftTimeLimitExceeded
@@ -23,6 +24,10 @@ from core.db.repositories import DatasetRepository, ModelRepository
 from core.services import runs
 from core.services.jobs import progress_record
 from worker.runtime import WorkerRuntime
+
+if TYPE_CHECKING:  # imported lazily at run time: they load torch
+    from ml.evaluate import EvaluationModel
+    from ml.evaluation import ModelOutput
 
 log = logging.getLogger("notetune.worker")
 
@@ -153,7 +158,7 @@ def run_job(
         except Exception as error:
             from ml.finetune import TrainingCancelled
 
-            if isinstance(error, TrainingCancelled):
+            if isinstance(error, TrainingCancelled | EvaluationCancelled):
                 _finish_cancelled(runtime, job, attempt)
             else:
                 log_failure(job_id, attempt, error)
@@ -236,12 +241,71 @@ def _finetune_inputs(runtime: WorkerRuntime, job: Job) -> FinetuneInputs:
         return FinetuneInputs(job, data_root / train.path, parent_dir, parent_train_csv)
 
 
+@dataclass(frozen=True)
+class EvaluatedModel:
+    model: EvaluationModel
+    threshold_override: float | None
+
+
+class EvaluationCancelled(Exception):
+    """Raised between two models when the job was cancelled (or is no longer this run's)."""
+
+
 def evaluation_body(runtime: WorkerRuntime, job: Job) -> None:
-    """Score the test set with every requested model and store the report and the arrays."""
-    from ml.evaluate import EvaluationModel, evaluate_models
+    """Score the test set one model at a time (stopping between models if cancelled), then store the
+    report and the arrays the plots are drawn from."""
+    from ml.data import inspect_csv
+    from ml.evaluate import plot_arrays
+    from ml.evaluation import evaluate_outputs
+    from ml.modeling import resolve_base_model
+
+    test_csv, models = _evaluation_inputs(runtime, job)
+    base_model = resolve_base_model(job.base_model)
+    notes, summary = inspect_csv(test_csv, base_model=base_model)
+    outputs = _scored_outputs(runtime, job, notes.texts, models, base_model)
+    options = job.evaluation_options or {}
+    report = evaluate_outputs(
+        notes.labels,
+        outputs,
+        n_resamples=int(options.get("n_resamples", 1000)),
+        seed=int(options.get("seed", 0)),
+    )
+    report["data"] = summary.to_dict()
+    for entry, model in zip(report["models"], models, strict=True):
+        entry["threshold_source"] = "stored" if model.threshold_override is None else "request"
+    _store_evaluation(runtime, job, report, plot_arrays(notes.labels, outputs))
+
+
+def _scored_outputs(
+    runtime: WorkerRuntime, job: Job, texts: list[str], models: list[EvaluatedModel], base_model: str
+) -> list[ModelOutput]:
+    """One ModelOutput per model, with the request's threshold where it overrides the stored one."""
+    from ml.evaluate import score_models
     from ml.predict import ModelCache
 
-    data_root = runtime.settings.data_dir.resolve()
+    cache = ModelCache(max_models=len(models))
+    outputs = []
+    for evaluated in models:
+        if _stop_requested(runtime, job):
+            raise EvaluationCancelled
+        [output] = score_models(texts, [evaluated.model], cache=cache, base_model=base_model)
+        if evaluated.threshold_override is not None:
+            output = replace(output, threshold=evaluated.threshold_override)
+        outputs.append(output)
+    if _stop_requested(runtime, job):
+        raise EvaluationCancelled
+    return outputs
+
+
+def _stop_requested(runtime: WorkerRuntime, job: Job) -> bool:
+    with runtime.database.session() as session:
+        state = runs.run_state(session, job.id)
+    return state is None or state.cancel_requested or not state.owned_by(job.attempt)
+
+
+def _evaluation_inputs(runtime: WorkerRuntime, job: Job) -> tuple[Path, list[EvaluatedModel]]:
+    from ml.evaluate import EvaluationModel
+
     with runtime.database.session() as session:
         test = DatasetRepository(session).get(job.test_dataset_id or "")
         if test is None:
@@ -254,21 +318,15 @@ def evaluation_body(runtime: WorkerRuntime, job: Job) -> None:
                 if row is None:
                     raise LookupError("an evaluated model row is missing")
                 model_dir = runtime.store.root / row.path
-            models.append(
-                EvaluationModel(name=entry["name"], model_id=entry.get("model_id"), model_dir=model_dir)
-            )
-    options = job.evaluation_options or {}
-    report, arrays = evaluate_models(
-        data_root / test.path,
-        models,
-        cache=ModelCache(max_models=max(1, len(models))),
-        base_model=job.base_model,
-        n_resamples=int(options.get("n_resamples", 1000)),
-        seed=int(options.get("seed", 0)),
-    )
+            model = EvaluationModel(name=entry["name"], model_id=entry.get("model_id"), model_dir=model_dir)
+            models.append(EvaluatedModel(model, entry.get("threshold_override")))
+        return runtime.settings.data_dir.resolve() / test.path, models
+
+
+def _store_evaluation(runtime: WorkerRuntime, job: Job, report: dict, arrays: dict[str, np.ndarray]) -> None:
     evaluation_id = uuid.uuid4().hex
     relative = f"evaluations/{evaluation_id}.npz"
-    target = data_root / relative
+    target = runtime.settings.data_dir.resolve() / relative
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_name(f".{target.name}.tmp.npz")
     np.savez(temporary, **arrays)

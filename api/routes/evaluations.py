@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse, Response
 
 from api.deps import SessionDep, SettingsDep, TrainerDep
 from api.schemas.common import responses
-from core.errors import NotFound
+from core.errors import InvalidRequest, NotFound
 from core.services.evaluations import get_evaluation
 
 router = APIRouter(prefix="/evaluations", tags=["evaluations"])
@@ -57,13 +57,19 @@ def evaluation_plot(
     session: SessionDep,
     settings: SettingsDep,
     _: TrainerDep,
+    width: Annotated[int | None, Query(description="Pixels (200-4000); default 900")] = None,
+    height: Annotated[int | None, Query(description="Pixels (200-4000); default 700")] = None,
 ) -> Response:
     """ROC, precision-recall, confusion matrices or calibration of the evaluated models."""
     import numpy as np
 
     from ml.evaluate import outputs_from_arrays
-    from ml.plots import plot_png
+    from ml.plots import PIXEL_RANGE, plot_png
 
+    size = {name: value for name, value in (("width_px", width), ("height_px", height)) if value is not None}
+    low, high = PIXEL_RANGE
+    if not all(low <= value <= high for value in size.values()):
+        raise InvalidRequest(f"width and height must be between {low} and {high} pixels", code="plot_size")
     evaluation = get_evaluation(session, evaluation_id)
     path = settings.data_dir.resolve() / evaluation.arrays_path
     if not path.is_file():
@@ -71,4 +77,4 @@ def evaluation_plot(
     with np.load(path) as stored:
         arrays = {key: stored[key] for key in stored.files}
     y_true, outputs = outputs_from_arrays(arrays, evaluation.report)
-    return Response(plot_png(kind, y_true, outputs), media_type="image/png")
+    return Response(plot_png(kind, y_true, outputs, **size), media_type="image/png")

@@ -2,30 +2,35 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Annotated, Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Header, Query, Request, status
 from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
 
-from api.deps import RuntimeDep, SessionDep, TrainerDep
-from api.routes.datasets import read_upload
+from api.deps import ApiRuntime, RuntimeDep, SessionDep, TrainerDep
+from api.forms import FormShape, InlineUpload, is_multipart, read_inline_upload
 from api.schemas.common import ListResponse, responses
 from api.schemas.jobs import EvaluateCreate, FinetuneCreate, JobEventRead, JobRead
 from core.db.base import utcnow
-from core.db.models import Job, JobKind, JobStatus
+from core.db.models import Dataset, Job, JobKind, JobStatus
 from core.db.repositories import JobEventRepository, JobRepository
 from core.errors import InvalidRequest, ServiceError
 from core.services.auth import Principal
 from core.services.datasets import dataset_file, register_dataset
 from core.services.evaluations import EvaluationSpec, create_evaluation_job
 from core.services.jobs import FinetuneSpec, cancel_job, create_finetune_job, get_job
+from core.settings import Settings
 
 log = logging.getLogger("notetune.api")
+BodyT = TypeVar("BodyT", bound=BaseModel)
+# Stands in for the dataset id while a form is validated, before its CSV has been stored.
+INLINE_PLACEHOLDER = "inline"
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 IdempotencyKey = Annotated[
@@ -75,6 +80,57 @@ def commit_and_enqueue(session: Session, runtime: RuntimeDep, job: Job, created:
     return accepted
 
 
+@dataclass(frozen=True)
+class JobRequest:
+    """One kind of job request: its JSON schema, how its form reads, and how the job is created."""
+
+    schema: type[BaseModel]
+    dataset_field: str  # the body field an inline CSV fills in
+    form: FormShape
+    create: Callable[[Session, Settings, Any, str | None, str | None], tuple[Job, bool]]
+
+
+def _create_finetune(
+    session: Session, settings: Settings, body: FinetuneCreate, api_key_id: str | None, key: str | None
+) -> tuple[Job, bool]:
+    spec = FinetuneSpec(
+        train_dataset_id=body.train_dataset_id,
+        method=body.method,
+        parent_model_id=body.parent_model_id,
+        base_model=body.base_model,
+        hyperparameters=body.hyperparameters,
+        name=body.name,
+    )
+    return create_finetune_job(session, settings, spec, api_key_id=api_key_id, idempotency_key=key)
+
+
+def _create_evaluation(
+    session: Session, settings: Settings, body: EvaluateCreate, api_key_id: str | None, key: str | None
+) -> tuple[Job, bool]:
+    spec = EvaluationSpec(
+        test_dataset_id=body.test_dataset_id,
+        models=list(body.models),
+        thresholds=dict(body.thresholds),
+        n_resamples=body.n_resamples,
+        seed=body.seed,
+        name=body.name,
+    )
+    return create_evaluation_job(session, settings, spec, api_key_id=api_key_id, idempotency_key=key)
+
+
+FINETUNE_REQUEST = JobRequest(
+    schema=FinetuneCreate,
+    dataset_field="train_dataset_id",
+    form=FormShape("training CSV", object_fields=("hyperparameters",)),
+    create=_create_finetune,
+)
+EVALUATE_REQUEST = JobRequest(
+    schema=EvaluateCreate,
+    dataset_field="test_dataset_id",
+    form=FormShape("test CSV", object_fields=("thresholds",), list_fields=("models",)),
+    create=_create_evaluation,
+)
+
 FINETUNE_FORM_SCHEMA = {
     "type": "object",
     "required": ["file"],
@@ -87,6 +143,58 @@ FINETUNE_FORM_SCHEMA = {
         "name": {"type": "string"},
     },
 }
+EVALUATE_FORM_SCHEMA = {
+    "type": "object",
+    "required": ["file", "models"],
+    "properties": {
+        "file": {"type": "string", "format": "binary", "description": "Test CSV (Text,label)"},
+        "models": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": 'Repeat the field once per model, or send one JSON list: ["base", "77de..."]',
+        },
+        "thresholds": {"type": "string", "description": 'A JSON object, e.g. {"77de...": 0.3}'},
+        "n_resamples": {"type": "integer"},
+        "seed": {"type": "integer"},
+        "name": {"type": "string"},
+    },
+}
+EVALUATE_EXAMPLES = {
+    "compare": {
+        "summary": "Base model, a first fine-tune and its second fine-tune",
+        "value": {"test_dataset_id": "5e0a...", "models": ["base", "77de...", "91fa..."]},
+    },
+    "threshold": {
+        "summary": "Override a model's stored decision threshold",
+        "value": {
+            "test_dataset_id": "5e0a...",
+            "models": ["77de...", "91fa..."],
+            "thresholds": {"91fa...": 0.3},
+        },
+    },
+}
+FINETUNE_EXAMPLES = {
+    "first": {
+        "summary": "First fine-tune of the base model",
+        "value": {"train_dataset_id": "3f1c...", "method": "lora", "hyperparameters": {"epochs": 8}},
+    },
+    "second": {
+        "summary": "Second fine-tune continuing a model (method inherited)",
+        "value": {"train_dataset_id": "9ab2...", "parent_model_id": "77de..."},
+    },
+}
+
+
+def _request_body(job_request: JobRequest, form_schema: dict, examples: dict) -> dict:
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": job_request.schema.model_json_schema(), "examples": examples},
+                "multipart/form-data": {"schema": form_schema},
+            },
+        }
+    }
 
 
 @router.post(
@@ -94,31 +202,7 @@ FINETUNE_FORM_SCHEMA = {
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobRead,
     responses=responses(404, 409, 413, 503),
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {
-                    "schema": FinetuneCreate.model_json_schema(),
-                    "examples": {
-                        "first": {
-                            "summary": "First fine-tune of the base model",
-                            "value": {
-                                "train_dataset_id": "3f1c...",
-                                "method": "lora",
-                                "hyperparameters": {"epochs": 8},
-                            },
-                        },
-                        "second": {
-                            "summary": "Second fine-tune continuing a model (method inherited)",
-                            "value": {"train_dataset_id": "9ab2...", "parent_model_id": "77de..."},
-                        },
-                    },
-                },
-                "multipart/form-data": {"schema": FINETUNE_FORM_SCHEMA},
-            },
-        }
-    },
+    openapi_extra=_request_body(FINETUNE_REQUEST, FINETUNE_FORM_SCHEMA, FINETUNE_EXAMPLES),
 )
 async def start_finetune(
     request: Request,
@@ -128,133 +212,116 @@ async def start_finetune(
     idempotency_key: IdempotencyKey = None,
 ) -> JobRead:
     """Start a fine-tune: JSON naming an uploaded dataset, or a multipart form with the CSV inline."""
-    content_type = request.headers.get("content-type", "")
-    if content_type.startswith("multipart/form-data"):
-        form = await request.form(max_files=1, max_fields=20)
-        upload = form.get("file")
-        if not isinstance(upload, UploadFile):
-            raise InvalidRequest("the form needs a 'file' field with the training CSV", code="file_required")
-        content = await run_in_threadpool(read_upload, upload, runtime.settings.max_upload_bytes)
-        fields = _form_fields({key: value for key, value in form.items() if key != "file"})
-        return await run_in_threadpool(
-            _finetune_with_upload,
-            session,
-            runtime,
-            principal,
-            fields,
-            content,
-            upload.filename,
-            idempotency_key,
-        )
-    try:
-        payload = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise InvalidRequest("the body must be JSON or a multipart form", code="invalid_body") from None
-    body = _validated(FinetuneCreate, payload)
-    return await run_in_threadpool(_finetune, session, runtime, principal, body, idempotency_key)
-
-
-def _validated(schema: type[FinetuneCreate], payload: Any) -> FinetuneCreate:
-    try:
-        return schema.model_validate(payload)
-    except ValidationError as error:
-        raise RequestValidationError(error.errors(include_input=False)) from None
-
-
-def _form_fields(form: dict[str, Any]) -> dict[str, Any]:
-    fields: dict[str, Any] = {
-        key: value for key, value in form.items() if isinstance(value, str) and value != ""
-    }
-    if "hyperparameters" in fields:
-        try:
-            fields["hyperparameters"] = json.loads(fields["hyperparameters"])
-        except json.JSONDecodeError:
-            raise InvalidRequest(
-                "the 'hyperparameters' form field must be a JSON object", code="invalid_hyperparameters"
-            ) from None
-    return fields
-
-
-def _spec(body: FinetuneCreate) -> FinetuneSpec:
-    return FinetuneSpec(
-        train_dataset_id=body.train_dataset_id,
-        method=body.method,
-        parent_model_id=body.parent_model_id,
-        base_model=body.base_model,
-        hyperparameters=body.hyperparameters,
-        name=body.name,
-    )
-
-
-def _create(session: Session, runtime: RuntimeDep, principal: Principal, spec: FinetuneSpec, key: str | None):
-    try:
-        return create_finetune_job(
-            session, runtime.settings, spec, api_key_id=principal.key_id, idempotency_key=key
-        )
-    except IntegrityError:
-        # Two requests with one Idempotency-Key raced: the other one created the job.
-        session.rollback()
-        if key is None:
-            raise
-        return create_finetune_job(
-            session, runtime.settings, spec, api_key_id=principal.key_id, idempotency_key=key
-        )
-
-
-def _finetune(
-    session: Session, runtime: RuntimeDep, principal: Principal, body: FinetuneCreate, key: str | None
-):
-    job, created = _create(session, runtime, principal, _spec(body), key)
-    return commit_and_enqueue(session, runtime, job, created)
-
-
-def _finetune_with_upload(
-    session: Session,
-    runtime: RuntimeDep,
-    principal: Principal,
-    fields: dict[str, Any],
-    content: bytes,
-    filename: str | None,
-    key: str | None,
-) -> JobRead:
-    dataset, dataset_created = register_dataset(session, runtime.settings, content, filename)
-    body = _validated(FinetuneCreate, {**fields, "train_dataset_id": dataset.id})
-    try:
-        job, created = _create(session, runtime, principal, _spec(body), key)
-    except Exception:
-        # A rejected request stores nothing: not the row (rolled back) and not the file.
-        session.rollback()
-        if dataset_created:
-            dataset_file(runtime.settings, dataset).unlink(missing_ok=True)
-        raise
-    return commit_and_enqueue(session, runtime, job, created)
+    return await _start_job(request, session, runtime, principal, idempotency_key, FINETUNE_REQUEST)
 
 
 @router.post(
     "/evaluate",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobRead,
-    responses=responses(404, 409, 503),
+    responses=responses(404, 409, 413, 503),
+    openapi_extra=_request_body(EVALUATE_REQUEST, EVALUATE_FORM_SCHEMA, EVALUATE_EXAMPLES),
 )
-def start_evaluation(
-    body: EvaluateCreate,
+async def start_evaluation(
+    request: Request,
     session: SessionDep,
     runtime: RuntimeDep,
     principal: TrainerDep,
     idempotency_key: IdempotencyKey = None,
 ) -> JobRead:
-    """Evaluate models on a held-out test set (bootstrap CIs, DeLong/McNemar comparisons, plots)."""
-    spec = EvaluationSpec(
-        test_dataset_id=body.test_dataset_id,
-        model_ids=list(body.model_ids),
-        n_resamples=body.n_resamples,
-        seed=body.seed,
-        name=body.name,
-    )
-    job, created = create_evaluation_job(
-        session, runtime.settings, spec, api_key_id=principal.key_id, idempotency_key=idempotency_key
-    )
+    """Evaluate 1-8 models on a test set (JSON naming a dataset, or multipart with the CSV inline)."""
+    return await _start_job(request, session, runtime, principal, idempotency_key, EVALUATE_REQUEST)
+
+
+async def _start_job(
+    request: Request,
+    session: Session,
+    runtime: ApiRuntime,
+    principal: Principal,
+    key: str | None,
+    job_request: JobRequest,
+) -> JobRead:
+    if is_multipart(request):
+        upload = await read_inline_upload(request, job_request.form, runtime.settings.max_upload_bytes)
+        return await run_in_threadpool(
+            _start_with_upload, session, runtime, principal, key, job_request, upload
+        )
+    try:
+        payload = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise InvalidRequest("the body must be JSON or a multipart form", code="invalid_body") from None
+    body = _validated(job_request.schema, payload)
+    return await run_in_threadpool(_start, session, runtime, principal, key, job_request, body)
+
+
+def _validated(schema: type[BodyT], payload: Any) -> BodyT:
+    try:
+        return schema.model_validate(payload)
+    except ValidationError as error:
+        raise RequestValidationError(error.errors(include_input=False)) from None
+
+
+def _create_once(
+    session: Session,
+    runtime: ApiRuntime,
+    principal: Principal,
+    key: str | None,
+    job_request: JobRequest,
+    body: BaseModel,
+) -> tuple[Job, bool]:
+    def create() -> tuple[Job, bool]:
+        return job_request.create(session, runtime.settings, body, principal.key_id, key)
+
+    try:
+        return create()
+    except IntegrityError:
+        # Two requests with one Idempotency-Key raced: the other one created the job.
+        session.rollback()
+        if key is None:
+            raise
+        return create()
+
+
+def _start(
+    session: Session,
+    runtime: ApiRuntime,
+    principal: Principal,
+    key: str | None,
+    job_request: JobRequest,
+    body: BaseModel,
+) -> JobRead:
+    job, created = _create_once(session, runtime, principal, key, job_request, body)
     return commit_and_enqueue(session, runtime, job, created)
+
+
+def _start_with_upload(
+    session: Session,
+    runtime: ApiRuntime,
+    principal: Principal,
+    key: str | None,
+    job_request: JobRequest,
+    upload: InlineUpload,
+) -> JobRead:
+    # The form is checked before the CSV is parsed and stored; the dataset id is ours to fill in.
+    body = _validated(job_request.schema, {**upload.fields, job_request.dataset_field: INLINE_PLACEHOLDER})
+    dataset, dataset_created = register_dataset(session, runtime.settings, upload.content, upload.filename)
+    body = body.model_copy(update={job_request.dataset_field: dataset.id})
+    try:
+        job, created = _create_once(session, runtime, principal, key, job_request, body)
+    except Exception:
+        _forget_upload(session, runtime, dataset, dataset_created)
+        raise
+    if not created:
+        # An Idempotency-Key replay: the job already exists, so this upload stores nothing either.
+        _forget_upload(session, runtime, dataset, dataset_created)
+    return commit_and_enqueue(session, runtime, job, created)
+
+
+def _forget_upload(session: Session, runtime: ApiRuntime, dataset: Dataset, created: bool) -> None:
+    """A rejected request stores nothing: not the dataset row (rolled back) and not the file."""
+    session.rollback()
+    if created:
+        dataset_file(runtime.settings, dataset).unlink(missing_ok=True)
 
 
 @router.get("", response_model=ListResponse[JobRead], responses=responses())

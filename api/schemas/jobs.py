@@ -1,11 +1,14 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from api.schemas.common import ReadModel
+
+# ml.evaluation.MAX_MODELS, repeated so importing the API schemas does not load numpy and scipy.
+MAX_EVALUATED_MODELS = 8
 
 
 class FinetuneCreate(BaseModel):
@@ -41,15 +44,34 @@ class EvaluateCreate(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
-            "examples": [{"test_dataset_id": "5e0a...", "model_ids": ["base", "77de...", "91fa..."]}]
+            "examples": [
+                {"test_dataset_id": "5e0a...", "models": ["base", "77de...", "91fa..."]},
+                {
+                    "test_dataset_id": "5e0a...",
+                    "models": ["base", "77de..."],
+                    "thresholds": {"77de...": 0.3},
+                    "n_resamples": 2000,
+                    "seed": 7,
+                },
+            ]
         },
     )
 
     test_dataset_id: str = Field(max_length=64)
-    model_ids: list[str] = Field(
+    models: list[Annotated[str, Field(max_length=64)]] = Field(
         min_length=1,
-        max_length=8,
-        description="Models to compare, first = reference; 'base' = untrained base model.",
+        max_length=MAX_EVALUATED_MODELS,
+        # `model_ids` was this field's first name; clients that still send it keep working.
+        validation_alias=AliasChoices("models", "model_ids"),
+        description="Models to compare, first = reference; 'base' = the untrained base model.",
+    )
+    thresholds: dict[str, Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
+        default_factory=dict,
+        description=(
+            "Decision thresholds that replace a listed model's stored one in the at_threshold figures "
+            "(keys: a model id from `models`, or 'base')."
+        ),
+        examples=[{"77de...": 0.3}],
     )
     n_resamples: int = Field(
         default=1000, ge=100, le=10000, description="Bootstrap resamples for the 95% CIs."

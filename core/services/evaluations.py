@@ -20,7 +20,8 @@ BASE = "base"
 @dataclass(frozen=True)
 class EvaluationSpec:
     test_dataset_id: str
-    model_ids: list[str] = field(default_factory=list)
+    models: list[str] = field(default_factory=list)  # model ids, or BASE; the first is the reference
+    thresholds: dict[str, float] = field(default_factory=dict)  # replaces a listed model's stored one
     n_resamples: int = 1000
     seed: int = 0
     name: str | None = None
@@ -41,16 +42,16 @@ def create_evaluation_job(
         if existing is not None:
             return existing, False
     dataset = get_dataset(session, spec.test_dataset_id)
-    if len(set(spec.model_ids)) != len(spec.model_ids):
-        raise InvalidRequest("model_ids lists a model twice", code="duplicate_model")
+    _check_model_list(spec)
     entries, base_models = [], set()
-    for model_id in spec.model_ids:
-        if model_id == BASE:
-            entries.append({"name": BASE, "model_id": None})
+    for name in spec.models:
+        override = spec.thresholds.get(name)
+        if name == BASE:
+            entries.append({"name": BASE, "model_id": None, "threshold_override": override})
             continue
-        model = finished_parent(session, model_id)
+        model = finished_parent(session, name)
         base_models.add(model.base_model)
-        entries.append({"name": model.id, "model_id": model.id})
+        entries.append({"name": model.id, "model_id": model.id, "threshold_override": override})
     if len(base_models) > 1:
         raise InvalidRequest(
             "the models were trained from different base models; evaluate them separately",
@@ -75,6 +76,25 @@ def create_evaluation_job(
     )
     JobEventRepository(session).add(job.id, "state", data={"status": JobStatus.queued.value})
     return job, True
+
+
+def _check_model_list(spec: EvaluationSpec) -> None:
+    from ml.evaluation import MAX_MODELS
+
+    if not 1 <= len(spec.models) <= MAX_MODELS:
+        raise InvalidRequest(f"an evaluation compares 1 to {MAX_MODELS} models", code="model_count")
+    if len(set(spec.models)) != len(spec.models):
+        raise InvalidRequest("'models' lists a model twice", code="duplicate_model")
+    unlisted = [name for name in spec.thresholds if name not in spec.models]
+    if unlisted:
+        raise InvalidRequest(
+            "'thresholds' names a model that is not in 'models'",
+            code="threshold_for_unlisted_model",
+            details={"models": [safe_ref(name) if name != BASE else BASE for name in unlisted]},
+        )
+    out_of_range = [name for name, value in spec.thresholds.items() if not 0.0 <= value <= 1.0]
+    if out_of_range:
+        raise InvalidRequest("a threshold must be between 0 and 1", code="threshold_out_of_range")
 
 
 def get_evaluation(session: Session, evaluation_id: str) -> Evaluation:

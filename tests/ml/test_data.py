@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from ml.data import (
-    DataValidationError,
     DatasetSummary,
+    DataValidationError,
     check_trainable,
     inspect_csv,
     pad_batch,

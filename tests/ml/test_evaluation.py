@@ -161,7 +161,7 @@ def test_report_to_csv_rows_and_numbers():
     assert len(rows) == 2 * len(outputs)
     assert [(row["model"], row["threshold_kind"]) for row in rows[:2]] == [
         ("base", "0.5"),
-        ("base", "stored"),
+        ("base", "decision"),
     ]
     first = report["models"][0]["at_0_5"]
     assert float(rows[0]["accuracy"]) == first["accuracy"]
@@ -182,7 +182,7 @@ def test_report_to_csv_neutralises_formula_injection_and_blanks_undefined():
     assert rows[2]["model"] == "'-cmd" and rows[2]["model_id"] == "'+1"
     assert rows[4]["model"] == "'\tname"
     stored = rows[3]
-    assert stored["threshold_kind"] == "stored" and float(stored["threshold"]) == 0.99
+    assert stored["threshold_kind"] == "decision" and float(stored["threshold"]) == 0.99
     assert stored["precision"] == "" and stored["precision_ci_lo"] == ""
     assert float(stored["specificity"]) == 1.0
 

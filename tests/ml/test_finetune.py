@@ -60,7 +60,8 @@ def test_first_and_second_manifests_record_lineage_and_data(lineage, tiny_bert):
     forgetting = second["forgetting_check"]["differences"]["roc_auc"]
     assert forgetting["difference"] == pytest.approx(forgetting["b"] - forgetting["a"])
     assert len(forgetting["ci"]) == 2
-    assert "parent_vs_fine_tuned" in second["comparison"] and "parent_vs_fine_tuned" not in first["comparison"]
+    assert "parent_vs_fine_tuned" in second["comparison"]
+    assert "parent_vs_fine_tuned" not in first["comparison"]
 
 
 def test_artifacts_hold_safetensors_and_adapters_only_for_peft(lineage):

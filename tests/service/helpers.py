@@ -58,6 +58,21 @@ def upload(client, key: str, content: bytes, name: str = "notes.csv"):
     return client.post("/datasets", files={"file": (name, content, "text/csv")}, headers=bearer(key))
 
 
+def error_of(response) -> dict:
+    body = response.json()
+    assert set(body) == {"error"}, body
+    assert set(body["error"]) == {"code", "message", "details"}, body
+    return body["error"]
+
+
+def stored_datasets(client, key, settings) -> tuple[int, set[str]]:
+    count = client.get("/datasets", headers=bearer(key)).json()["count"]
+    files = (
+        {path.name for path in settings.datasets_root.glob("*")} if settings.datasets_root.exists() else set()
+    )
+    return count, files
+
+
 def wait_for_job(client, key: str, job_id: str, *, until=FINISHED, timeout: float = 180.0) -> dict:
     deadline = time.monotonic() + timeout
     while True:

@@ -70,8 +70,14 @@ def test_public_routes_and_docs_need_no_key(client, workers):
     assert client.get("/docs").status_code == 200
     schema = client.get("/openapi.json")
     assert schema.status_code == 200
-    finetune = schema.json()["paths"]["/jobs/finetune"]["post"]["requestBody"]["content"]
-    assert {"application/json", "multipart/form-data"} <= set(finetune)
+    paths = schema.json()["paths"]
+    for path in ("/jobs/finetune", "/jobs/evaluate"):
+        assert {"application/json", "multipart/form-data"} <= set(
+            paths[path]["post"]["requestBody"]["content"]
+        )
+    evaluate = paths["/jobs/evaluate"]["post"]["requestBody"]["content"]["application/json"]
+    assert "models" in evaluate["schema"]["required"]
+    assert all("models" in example["value"] for example in evaluate["examples"].values())
 
 
 def test_revoked_key_is_refused(client, keys):

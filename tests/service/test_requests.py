@@ -5,7 +5,16 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.service.helpers import SMALL_JOB, bearer, notes_csv, rows_csv, upload, wait_for_job
+from tests.service.helpers import (
+    SMALL_JOB,
+    bearer,
+    error_of,
+    notes_csv,
+    rows_csv,
+    stored_datasets,
+    upload,
+    wait_for_job,
+)
 
 BAD_CSVS = [
     ("empty file", b"", "empty_file"),
@@ -18,21 +27,6 @@ BAD_CSVS = [
     ("not UTF-8", b"Text,label\n\xff\xfe caf\xe9,1\n", "not_utf8"),
     ("broken quoting", b'Text,label\n"an unterminated note,1\n', "malformed_csv"),
 ]
-
-
-def error_of(response) -> dict:
-    body = response.json()
-    assert set(body) == {"error"}, body
-    assert set(body["error"]) == {"code", "message", "details"}, body
-    return body["error"]
-
-
-def stored_datasets(client, key, settings) -> tuple[int, set[str]]:
-    count = client.get("/datasets", headers=bearer(key)).json()["count"]
-    files = (
-        {path.name for path in settings.datasets_root.glob("*")} if settings.datasets_root.exists() else set()
-    )
-    return count, files
 
 
 @pytest.mark.parametrize(("case", "content", "code"), BAD_CSVS, ids=[case for case, _, _ in BAD_CSVS])
