@@ -2,7 +2,8 @@
 
 The loop: AdamW, linear warm-up then linear decay, class-weighted cross-entropy, gradient clipping,
 bf16 autocast on CUDA and on CPUs with native bf16, validation after every epoch, early stopping
-with patience on a chosen metric, and the best epoch's weights kept. Hooks report progress and let the caller stop the run.
+with patience on a chosen metric, and the best epoch's weights kept. Hooks report progress and let
+the caller stop the run.
 """
 
 from __future__ import annotations
