@@ -56,8 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         DataValidationError,
         ConfigError,
         ModelNotFound,
-        FileNotFoundError,
-        FileExistsError,
+        OSError,
         ValueError,
     ) as error:
         print(f"notetune: error: {_one_line(error)}", file=sys.stderr)

@@ -8,6 +8,7 @@ door in: unknown keys and bad values fail there with a message that names them.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,8 +40,8 @@ STAGE_DEFAULTS: dict[int, dict[str, Any]] = {
     2: {"epochs": 3, "warmup_steps": 100},
 }
 LEARNING_RATES: dict[tuple[str, int], float] = {
-    ("full", 1): 5e-5,
-    ("full", 2): 2e-5,
+    ("full", 1): 1e-4,
+    ("full", 2): 5e-5,
     ("lora", 1): 5e-4,
     ("lora", 2): 2e-4,
     ("adalora", 1): 5e-4,
@@ -126,7 +127,16 @@ class TrainConfig:
         _require(self.weight_decay >= 0, "weight_decay must be >= 0")
         _require(0.05 <= self.val_fraction <= 0.5, "val_fraction must be between 0.05 and 0.5")
         _require(self.min_rows >= 10, "min_rows must be >= 10")
-        _require(self.lora_r >= 1 and self.lora_alpha >= 1, "lora_r and lora_alpha must be >= 1")
+        _require(
+            1 <= self.lora_r <= 256 and 1 <= self.lora_alpha <= 1024,
+            "lora_r must be 1-256, lora_alpha 1-1024",
+        )
+        _require(self.epochs <= 100, "epochs must be <= 100")
+        _require(0 <= self.seed < 2**32, "seed must be between 0 and 2**32 - 1")
+        _require(self.adalora_init_r <= 256, "adalora_init_r must be <= 256")
+        _require(
+            0 <= self.adalora_orth_reg_weight <= 100, "adalora_orth_reg_weight must be between 0 and 100"
+        )
         _require(0 <= self.lora_dropout < 1, "lora_dropout must be in [0, 1)")
         _require(
             isinstance(self.target_modules, list) and len(self.target_modules) > 0,
@@ -178,7 +188,7 @@ def _coerced(overrides: dict[str, Any]) -> dict[str, Any]:
         if key in ("method", "stage"):
             continue
         if key not in fields:
-            raise ConfigError(f"unknown hyperparameter {key!r}")
+            raise ConfigError(f"unknown hyperparameter {str(key)[:40]!r}")
         if value is None:
             continue
         out[key] = _coerce(key, value, fields[key].default)
@@ -199,7 +209,10 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
                 raise ValueError
             return int(value)
         if isinstance(default, float):
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):
+                raise ValueError
+            return number
         return str(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ConfigError(f"hyperparameter {key!r} has a bad value") from None

@@ -8,6 +8,7 @@ the caller stop the run.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import platform
@@ -116,12 +117,13 @@ def finetune(
     and the manifest carries the forgetting check: parent vs this model on the parent's data.
     """
     hooks = hooks or TrainHooks()
+    if Path(out_dir).exists():
+        raise FileExistsError(f"{Path(out_dir).name} already exists: models are never overwritten")
     parent = read_manifest(parent_dir) if parent_dir else None
     if parent is not None:
         _check_inherited_method(parent, config)
         base_model = parent["base_model"]
-        # Pooling is part of the architecture: a continued model reads its parent's way.
-        config = dataclasses.replace(config, pooling=pooling_of(parent))
+        config = _with_parent_architecture(config, parent)
     base_model = resolve_base_model(base_model)
     tokenizer = load_tokenizer(base_model)
     notes, summary = inspect_csv(train_csv, max_length=config.max_length, base_model=base_model)
@@ -142,7 +144,7 @@ def finetune(
     run = _TrainingRun(model, config, split, tokenizer.pad_token_id, total_steps, hooks, device)
     run.allocate_ranks = config.method == "adalora" and parent is None
     history = run.fit()
-    model.load_state_dict(run.best_state)
+    run.restore_best()
     model.eval()
 
     val_logits = predict_logits(model, split.val_ids, tokenizer.pad_token_id, config.eval_batch_size, device)
@@ -207,6 +209,7 @@ class _TrainingRun:
         self.best_score = -math.inf
         self.best_epoch = 0
         self.best_state: dict = {}
+        self.best_rank_pattern: dict | None = None
         self.started = time.monotonic()
         self.weights = class_weights(split.train.labels, config.weight_multiplier).to(device)
         self.optimizer = adamw(_parameter_groups(model, config.weight_decay), config.lr)
@@ -231,11 +234,26 @@ class _TrainingRun:
                 self.best_score = score if score is not None else -math.inf
                 self.best_epoch, epochs_without_gain = epoch, 0
                 self.best_state = _cpu_copy(self.model.state_dict())
+                if self.allocate_ranks:
+                    # A continued AdaLoRA adapter is loaded already cut to its ranks: nothing to mask.
+                    self.best_rank_pattern = copy.deepcopy(_rank_pattern(self.model))
             else:
                 epochs_without_gain += 1
                 if epochs_without_gain >= self.config.patience:
                     break
         return history
+
+    def restore_best(self) -> None:
+        """Load the best epoch's weights; for AdaLoRA also its rank pattern, applied as a mask.
+
+        PEFT saves AdaLoRA matrices cut to the config's rank pattern, so the pattern must be the
+        best epoch's and the weights must match it, or the saved model is not the validated one.
+        """
+        self.model.load_state_dict(self.best_state)
+        if self.best_rank_pattern:
+            tuner = self.model.base_model
+            tuner.peft_config["default"].rank_pattern = self.best_rank_pattern
+            tuner.rankallocator.mask_using_rank_pattern(tuner.model, self.best_rank_pattern)
 
     def _train_epoch(self, epoch: int, batches: list[list[int]]) -> float:
         self.model.train()
@@ -316,6 +334,29 @@ def _split(notes: LabeledNotes, config: TrainConfig, tokenizer) -> _Split:
         encode(tokenizer, train.texts, config.max_length),
         encode(tokenizer, val.texts, config.max_length),
     )
+
+
+# Fields that shape the saved model: a continued fine-tune keeps its parent's, whatever it was asked.
+ARCHITECTURE_FIELDS = (
+    "pooling",
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+    "target_modules",
+    "adalora_init_r",
+    "adalora_target_r",
+    "adalora_orth_reg_weight",
+)
+
+
+def _with_parent_architecture(config: TrainConfig, parent: dict) -> TrainConfig:
+    inherited = {
+        name: parent["hyperparameters"][name]
+        for name in ARCHITECTURE_FIELDS
+        if name in parent["hyperparameters"]
+    }
+    inherited["pooling"] = pooling_of(parent)
+    return dataclasses.replace(config, **inherited)
 
 
 def _check_inherited_method(parent: dict, config: TrainConfig) -> None:
@@ -409,6 +450,11 @@ def _parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]
             continue
         (no_decay if param.ndim < 2 or "LayerNorm" in name else decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _rank_pattern(model) -> dict | None:
+    config = getattr(model, "peft_config", {}).get("default")
+    return getattr(config, "rank_pattern", None)
 
 
 def _cpu_copy(state: dict) -> dict:

@@ -216,3 +216,36 @@ def test_stage_defaults_follow_the_seed_recipe():
     assert (second.epochs, second.warmup_steps) == (3, 100)
     assert second.lr < first.lr
     assert TrainConfig.for_stage(1, "lora", {"epochs": "3"}).epochs == 3
+
+
+def test_adalora_stopped_early_saves_the_validated_model(tiny_bert, narrative_csv, tmp_path):
+    """Best epoch < last epoch: the best weights and their rank pattern are what is saved and reloaded."""
+    config = first_config("adalora", epochs=5, patience=1, metric="accuracy", lr=1e-9, warmup_steps=0)
+    manifest = finetune(narrative_csv, config, tmp_path / "a", model_id="a", base_model=tiny_bert)
+    assert manifest["best_epoch"] < manifest["epochs_run"] < 5
+    reloaded = load_for_inference(tmp_path / "a", manifest)
+    tokenizer = load_tokenizer(tiny_bert)
+    from ml.data import parse_labeled_csv
+    from ml.finetune import split_for_training
+
+    _, val = split_for_training(parse_labeled_csv(narrative_csv.read_bytes()), config)
+    ids = encode(tokenizer, val.texts[: len(manifest["logit_fingerprint"])], config.max_length)
+    logits = predict_logits(reloaded, ids, tokenizer.pad_token_id, 1, torch.device("cpu"))
+    np.testing.assert_allclose(logits, np.asarray(manifest["logit_fingerprint"]), rtol=1e-5, atol=1e-6)
+
+
+def test_a_continued_fine_tune_keeps_its_parents_architecture(lineage):
+    method, _, first, second = lineage
+    for name in ("pooling", "lora_r", "target_modules"):
+        assert second["hyperparameters"][name] == first["hyperparameters"][name]
+
+
+def test_non_finite_and_out_of_range_values_are_refused():
+    for key, value in [
+        ("weight_multiplier", float("inf")),
+        ("lr", "nan"),
+        ("seed", -1),
+        ("epochs", float("inf")),
+    ]:
+        with pytest.raises(ConfigError, match=key):
+            TrainConfig.for_stage(1, "full", {key: value})
