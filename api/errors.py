@@ -56,11 +56,45 @@ async def _http_error(_: Request, error: Exception) -> JSONResponse:
     )
 
 
-async def _validation_error(_: Request, error: Exception) -> JSONResponse:
+# Where a request part sits; every other location element must be a declared name or an index.
+_REQUEST_PARTS = frozenset({"body", "query", "path", "header", "cookie"})
+UNDECLARED = "<key>"
+
+
+def declared_names(app: FastAPI) -> frozenset[str]:
+    """Every field and parameter name the API declares (from its OpenAPI document, built once)."""
+    cached = getattr(app.state, "declared_names", None)
+    if cached is None:
+        names: set[str] = set(_REQUEST_PARTS)
+        _collect_names(app.openapi(), names)
+        cached = app.state.declared_names = frozenset(names)
+    return cached
+
+
+def _collect_names(node: Any, names: set[str]) -> None:
+    if isinstance(node, dict):
+        if isinstance(node.get("properties"), dict):
+            names.update(node["properties"])
+        if "in" in node and isinstance(node.get("name"), str):  # an OpenAPI parameter
+            names.add(node["name"])
+        for value in node.values():
+            _collect_names(value, names)
+    elif isinstance(node, list):
+        for value in node:
+            _collect_names(value, names)
+
+
+def safe_location(loc: Any, declared: frozenset[str]) -> list[str]:
+    """A dict key or an unknown field name comes from the caller and may be note text: masked."""
+    return [str(part) if isinstance(part, int) or part in declared else UNDECLARED for part in loc or ()]
+
+
+async def _validation_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, RequestValidationError)
+    declared = declared_names(request.app)
     problems = [
         {
-            "location": [str(part) for part in item.get("loc", ())],
+            "location": safe_location(item.get("loc", ()), declared),
             "message": item.get("msg", ""),
             "type": item.get("type"),
         }

@@ -6,7 +6,6 @@ A form carries only strings, so structured fields arrive as JSON text (`hyperpar
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 
 from api.routes.datasets import read_upload
+from api.strict_json import NonFiniteNumber, loads_finite, non_finite_error
 from core.errors import InvalidRequest
 
 MAX_FORM_FIELDS = 40  # room for a repeated `models` field (up to 8) beside the others
@@ -75,8 +75,10 @@ def _list_field(key: str, values: list[str]) -> list[Any]:
 
 def _json_field(key: str, text: str, expected: type, described: str) -> Any:
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
+        value = loads_finite(text)
+    except NonFiniteNumber:
+        raise non_finite_error(key) from None
+    except ValueError:
         value = None
     if not isinstance(value, expected):
         raise InvalidRequest(f"the '{key}' form field must be {described}", code=f"invalid_{key}")

@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     stale_after_s: float = Field(default=120.0, gt=0)
     reaper_interval_s: float = Field(default=30.0, gt=0)
     max_attempts: int = Field(default=3, ge=1)
+    # A job still queued this long after its last change may have lost its message (a failed send, a
+    # broker restart): it is sent again. A duplicate is harmless, as only one delivery can claim it.
+    resend_queued_after_s: float = Field(default=30 * 60.0, gt=0)
 
     model_cache_size: int = Field(default=4, ge=1)
     max_upload_bytes: int = Field(default=50 * 1024 * 1024, ge=1024)

@@ -169,8 +169,8 @@ def _finish_failed(runtime: WorkerRuntime, job: Job, attempt: int, error: str) -
     _remove_outputs(runtime, job)
     with runtime.database.transaction() as session:
         recorded = runs.record_failure(session, job.id, attempt, error)
-        if not recorded and _cancel_pending(session, job.id, attempt):
-            recorded = runs.record_cancelled(session, job.id, attempt)
+        if not recorded:
+            recorded = runs.record_cancelled_if_requested(session, job.id, attempt)
     log.info("job %s attempt %d failed (recorded: %s)", job.id, attempt, recorded)
 
 
@@ -179,11 +179,6 @@ def _finish_cancelled(runtime: WorkerRuntime, job: Job, attempt: int) -> None:
     with runtime.database.transaction() as session:
         recorded = runs.record_cancelled(session, job.id, attempt)
     log.info("job %s attempt %d stopped (cancelled recorded: %s)", job.id, attempt, recorded)
-
-
-def _cancel_pending(session, job_id: str, attempt: int) -> bool:
-    state = runs.run_state(session, job_id)
-    return state is not None and state.owned_by(attempt) and state.cancel_requested
 
 
 def _remove_outputs(runtime: WorkerRuntime, job: Job) -> None:
@@ -215,12 +210,19 @@ def finetune_body(runtime: WorkerRuntime, job: Job) -> None:
     relative_path = str(out_dir.relative_to(runtime.store.root))
     with runtime.database.transaction() as session:
         recorded = runs.record_finetune_success(session, job, job.attempt, manifest, relative_path)
-    if not recorded:
-        # Cancelled at the last moment or reaped: the outcome belongs to someone else, the files go.
-        runtime.store.remove(job.output_model_id)
-        log.info("job %s attempt %d finished training but no longer owns the job", job.id, job.attempt)
-    else:
+    if recorded:
         log.info("job %s attempt %d succeeded: model %s", job.id, job.attempt, job.output_model_id)
+        return
+    # Cancelled after the last step, or reaped: no model row, so the files go too.
+    runtime.store.remove(job.output_model_id)
+    with runtime.database.transaction() as session:
+        cancelled = runs.record_cancelled_if_requested(session, job.id, job.attempt)
+    log.info(
+        "job %s attempt %d finished training but was not recorded (cancelled: %s)",
+        job.id,
+        job.attempt,
+        cancelled,
+    )
 
 
 def _finetune_inputs(runtime: WorkerRuntime, job: Job) -> FinetuneInputs:
@@ -335,3 +337,5 @@ def _store_evaluation(runtime: WorkerRuntime, job: Job, report: dict, arrays: di
         recorded = runs.record_evaluation_success(session, job, job.attempt, evaluation_id, report, relative)
     if not recorded:
         target.unlink(missing_ok=True)
+        with runtime.database.transaction() as session:
+            runs.record_cancelled_if_requested(session, job.id, job.attempt)

@@ -15,8 +15,9 @@ import time
 from celery import Celery
 
 from core.db.base import utcnow
+from core.db.models import Job
 from core.db.repositories import WorkerRepository
-from core.services.jobs import TASK_NAMES, reap_stale_jobs
+from core.services.jobs import TASK_NAMES, queued_jobs_to_resend, reap_stale_jobs
 from worker.runtime import WorkerRuntime
 
 log = logging.getLogger("notetune.worker.monitor")
@@ -63,10 +64,14 @@ class WorkerMonitor:
     def reap_once(self) -> None:
         with self.runtime.database.transaction() as session:
             result = reap_stale_jobs(session, self.runtime.settings)
+            waiting = queued_jobs_to_resend(session, self.runtime.settings)
         # Enqueue only after the commit that put the jobs back to queued.
         for job in result.requeued:
             log.warning("job %s lost its worker; re-queued after attempt %d", job.id, job.attempt)
-            self.celery.send_task(TASK_NAMES[job.kind], args=[job.id], queue=self.runtime.settings.queue_name)
+            self._send(job)
+        for job in waiting:
+            log.warning("job %s has waited in the queue too long; sending its message again", job.id)
+            self._send(job)
         for job in result.failed:
             log.warning("job %s lost its worker on its last attempt (%d); marked failed", job.id, job.attempt)
             if job.output_model_id:
@@ -74,3 +79,10 @@ class WorkerMonitor:
         for job in result.cancelled:
             if job.output_model_id:
                 self.runtime.store.remove(job.output_model_id)
+
+    def _send(self, job: Job) -> None:
+        """One job's message; a failure is logged and left to the next periodic re-send."""
+        try:
+            self.celery.send_task(TASK_NAMES[job.kind], args=[job.id], queue=self.runtime.settings.queue_name)
+        except Exception as error:
+            log.warning("could not send job %s to the queue (%s)", job.id, type(error).__name__)

@@ -31,14 +31,17 @@ class RuntimeHolder:
         self._pid: int | None = None
 
     def get(self) -> WorkerRuntime:
-        if self._runtime is None or self._pid != os.getpid():
+        if self._runtime is not None and self._pid != os.getpid():
+            self.reset()
+        if self._runtime is None:
             self._runtime = WorkerRuntime(Settings())
             self._pid = os.getpid()
         return self._runtime
 
     def reset(self) -> None:
-        if self._runtime is not None and self._pid == os.getpid():
-            self._runtime.database.dispose()
+        if self._runtime is not None:
+            # Inherited through fork: drop the pool without closing the parent's connections.
+            self._runtime.database.dispose(close=self._pid == os.getpid())
         self._runtime, self._pid = None, None
 
 

@@ -4,7 +4,6 @@ import logging
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile, status
-from sqlalchemy.exc import IntegrityError
 
 from api.deps import SessionDep, SettingsDep, TrainerDep
 from api.schemas.common import ListResponse, responses
@@ -46,13 +45,8 @@ def upload_dataset(
 ) -> DatasetRead:
     """Upload a CSV of labelled notes; validated before anything is stored."""
     content = read_upload(file, settings.max_upload_bytes)
-    try:
-        dataset, created = register_dataset(session, settings, content, name or file.filename)
-        session.commit()
-    except IntegrityError:
-        # The same file arrived twice at once: the other request stored it first.
-        session.rollback()
-        dataset, created = register_dataset(session, settings, content, name or file.filename)
+    dataset, created = register_dataset(session, settings, content, name or file.filename)
+    session.commit()
     if created:
         log.info("dataset %s stored (%d rows)", dataset.id, dataset.rows)
     else:

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,12 +16,13 @@ from api.deps import ApiRuntime, RuntimeDep, SessionDep, TrainerDep
 from api.forms import FormShape, InlineUpload, is_multipart, read_inline_upload
 from api.schemas.common import ListResponse, responses
 from api.schemas.jobs import EvaluateCreate, FinetuneCreate, JobEventRead, JobRead
+from api.strict_json import NonFiniteNumber, loads_finite, non_finite_error
 from core.db.base import utcnow
 from core.db.models import Dataset, Job, JobKind, JobStatus
 from core.db.repositories import JobEventRepository, JobRepository
 from core.errors import InvalidRequest, ServiceError
 from core.services.auth import Principal
-from core.services.datasets import dataset_file, register_dataset
+from core.services.datasets import forget_dataset_file, register_dataset
 from core.services.evaluations import EvaluationSpec, create_evaluation_job
 from core.services.jobs import FinetuneSpec, cancel_job, create_finetune_job, get_job
 from core.settings import Settings
@@ -247,8 +247,10 @@ async def _start_job(
             _start_with_upload, session, runtime, principal, key, job_request, upload
         )
     try:
-        payload = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        payload = loads_finite(await request.body())
+    except NonFiniteNumber:
+        raise non_finite_error() from None
+    except ValueError:  # also JSONDecodeError and UnicodeDecodeError
         raise InvalidRequest("the body must be JSON or a multipart form", code="invalid_body") from None
     body = _validated(job_request.schema, payload)
     return await run_in_threadpool(_start, session, runtime, principal, key, job_request, body)
@@ -321,7 +323,7 @@ def _forget_upload(session: Session, runtime: ApiRuntime, dataset: Dataset, crea
     """A rejected request stores nothing: not the dataset row (rolled back) and not the file."""
     session.rollback()
     if created:
-        dataset_file(runtime.settings, dataset).unlink(missing_ok=True)
+        forget_dataset_file(session, runtime.settings, dataset)
 
 
 @router.get("", response_model=ListResponse[JobRead], responses=responses())

@@ -36,7 +36,7 @@ def list_keys(
     )
 
 
-@router.delete("/{key_id}", status_code=status.HTTP_204_NO_CONTENT, responses=responses(404))
+@router.delete("/{key_id}", status_code=status.HTTP_204_NO_CONTENT, responses=responses(404, 409))
 def revoke(key_id: str, session: SessionDep, _: AdminDep) -> Response:
     """Revoke an API key."""
     revoke_key(session, key_id)

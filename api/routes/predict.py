@@ -13,7 +13,7 @@ log = logging.getLogger("notetune.api")
 router = APIRouter(prefix="/predict", tags=["predict"])
 
 
-@router.post("", response_model=PredictResponse, responses=responses(404))
+@router.post("", response_model=PredictResponse, responses=responses(404, 503))
 def predict_notes(
     body: PredictRequest, session: SessionDep, runtime: RuntimeDep, principal: PredictorDep
 ) -> dict:

@@ -21,6 +21,7 @@ from core.db.models import (
     JobStatus,
     Model,
     PredictionAudit,
+    Role,
     WorkerHeartbeat,
 )
 
@@ -61,6 +62,17 @@ class ApiKeyRepository:
 
     def count_active(self) -> int:
         return self.session.scalar(select(func.count()).where(ApiKey.revoked_at.is_(None))) or 0
+
+    def lock_active_admins(self) -> list[str]:
+        """Ids of the active admin keys, row-locked until the transaction ends (PostgreSQL), so two
+        concurrent revocations cannot both see another admin left."""
+        query = (
+            select(ApiKey.id)
+            .where(ApiKey.role == Role.admin, ApiKey.revoked_at.is_(None))
+            .order_by(ApiKey.id)
+            .with_for_update()
+        )
+        return list(self.session.scalars(query).all())
 
     def revoke(self, key_id: str, now: datetime) -> bool:
         result = self.session.execute(
@@ -183,12 +195,23 @@ class JobRepository:
         ).one_or_none()
         return (JobStatus(row[0]), int(row[1]), bool(row[2])) if row is not None else None
 
-    def finish(self, job_id: str, attempt: int, status: JobStatus, now: datetime, **values: Any) -> bool:
-        """running -> a final state, only for the attempt that holds the claim (a reaped run loses it)."""
+    def finish(
+        self,
+        job_id: str,
+        attempt: int,
+        status: JobStatus,
+        now: datetime,
+        *,
+        unless_cancel_requested: bool = False,
+        **values: Any,
+    ) -> bool:
+        """running -> a final state, only for the attempt that holds the claim (a reaped run loses it);
+        with unless_cancel_requested, also only while nobody has asked to cancel the job."""
+        conditions = [Job.id == job_id, Job.attempt == attempt, Job.status == JobStatus.running]
+        if unless_cancel_requested:
+            conditions.append(Job.cancel_requested.is_(False))
         result = self.session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.attempt == attempt, Job.status == JobStatus.running)
-            .values(status=status, finished_at=now, updated_at=now, **values)
+            update(Job).where(*conditions).values(status=status, finished_at=now, updated_at=now, **values)
         )
         return result.rowcount == 1
 
@@ -196,6 +219,20 @@ class JobRepository:
         return self.session.scalars(
             select(Job).where(Job.status == JobStatus.running, Job.heartbeat_at < cutoff).order_by(Job.id)
         ).all()
+
+    def queued_since_before(self, cutoff: datetime) -> Sequence[Job]:
+        return self.session.scalars(
+            select(Job).where(Job.status == JobStatus.queued, Job.updated_at < cutoff).order_by(Job.id)
+        ).all()
+
+    def touch_if_queued_since_before(self, job_id: str, cutoff: datetime, now: datetime) -> bool:
+        """Compare-and-set on updated_at: of several reapers, one re-sends the job per period."""
+        result = self.session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.queued, Job.updated_at < cutoff)
+            .values(updated_at=now)
+        )
+        return result.rowcount == 1
 
     def requeue(self, job_id: str, attempt: int, now: datetime) -> bool:
         result = self.session.execute(

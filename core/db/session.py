@@ -53,7 +53,9 @@ class Database:
         with self.session() as session, session.begin():
             yield session
 
-    def dispose(self) -> None:
+    def dispose(self, *, close: bool = True) -> None:
+        """Drop the engine; close=False in a forked child, whose inherited connections belong to the
+        parent (closing them would end the parent's sessions)."""
         if self._engine is not None:
-            self._engine.dispose()
+            self._engine.dispose(close=close)
         self._engine, self._factory = None, None

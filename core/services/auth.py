@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from core.db.base import utcnow
 from core.db.models import ApiKey, Role
 from core.db.repositories import ApiKeyRepository
-from core.errors import Forbidden, NotFound, Unauthorized
+from core.errors import Conflict, Forbidden, NotFound, Unauthorized
 
 KEY_PREFIX = "ntk_"
 # Which roles each role may act as: an admin can do everything, a trainer can also predict.
@@ -63,5 +63,12 @@ def authorize(principal: Principal, required: Role) -> Principal:
 
 
 def revoke_key(session: Session, key_id: str) -> None:
-    if not ApiKeyRepository(session).revoke(key_id, utcnow()):
+    keys = ApiKeyRepository(session)
+    if keys.lock_active_admins() == [key_id]:
+        # Without an admin key nobody could create or revoke keys again through the API.
+        raise Conflict(
+            "this is the last active admin key; create another admin key before revoking it",
+            code="last_admin_key",
+        )
+    if not keys.revoke(key_id, utcnow()):
         raise NotFound("no active API key with this id", code="api_key_not_found")

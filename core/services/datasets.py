@@ -7,6 +7,7 @@ import os
 import uuid
 from pathlib import Path, PurePath
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from core.db.base import utcnow
@@ -41,7 +42,6 @@ def register_dataset(
     except DataValidationError as error:
         raise InvalidRequest(error.message, code=error.code, details=error.details) from None
     relative = f"{DATASETS_SUBDIR}/{sha256}.csv"
-    _write_atomically(settings.data_dir / relative, content)
     dataset = Dataset(
         name=_display_name(filename, sha256),
         sha256=sha256,
@@ -54,7 +54,27 @@ def register_dataset(
         summary=summary.to_dict(),
         created_at=utcnow(),
     )
-    return repository.add(dataset), True
+    try:
+        repository.add(dataset)
+    except IntegrityError:
+        # The same bytes arrived twice at once and the other request's row was committed first. The
+        # session held nothing else yet (this is the request's first write), so rolling back is safe.
+        session.rollback()
+        existing = repository.by_sha256(sha256)
+        if existing is None:
+            raise
+        return existing, False
+    # Written only once the row is ours: a concurrent upload of the same bytes waits on that row
+    # before writing, so a rejected request (which removes the file only when no committed row
+    # names it) can hardly remove a file the other upload has just put in place.
+    _write_atomically(settings.data_dir / relative, content)
+    return dataset, True
+
+
+def forget_dataset_file(session: Session, settings: Settings, dataset: Dataset) -> None:
+    """Remove the CSV of a dataset row that was rolled back, unless a committed row points at it."""
+    if DatasetRepository(session).by_sha256(dataset.sha256) is None:
+        dataset_file(settings, dataset).unlink(missing_ok=True)
 
 
 def get_dataset(session: Session, dataset_id: str) -> Dataset:

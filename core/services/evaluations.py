@@ -11,7 +11,7 @@ from core.db.models import Evaluation, Job, JobKind, JobStatus
 from core.db.repositories import EvaluationRepository, JobEventRepository, JobRepository
 from core.errors import InvalidRequest, NotFound, safe_ref
 from core.services.datasets import get_dataset
-from core.services.jobs import finished_parent, idempotent_replay, request_fingerprint
+from core.services.jobs import finished_model, idempotent_replay, request_fingerprint
 from core.settings import Settings
 
 BASE = "base"
@@ -49,7 +49,9 @@ def create_evaluation_job(
         if name == BASE:
             entries.append({"name": BASE, "model_id": None, "threshold_override": override})
             continue
-        model = finished_parent(session, name)
+        model = finished_model(
+            session, name, role="an evaluated model", use="evaluated", code="model_not_ready"
+        )
         base_models.add(model.base_model)
         entries.append({"name": model.id, "model_id": model.id, "threshold_override": override})
     if len(base_models) > 1:

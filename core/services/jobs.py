@@ -75,7 +75,7 @@ def create_finetune_job(
             base_model=base_model,
             train_dataset_id=dataset.id,
             parent_model_id=spec.parent_model_id,
-            hyperparameters=dict(spec.hyperparameters),
+            hyperparameters=given_hyperparameters(config, spec.hyperparameters),
             output_model_id=new_id(),
             created_at=utcnow(),
         )
@@ -102,6 +102,13 @@ def train_config(stage: int, method: str, hyperparameters: dict[str, Any]) -> An
         return TrainConfig.for_stage(stage, method, hyperparameters)
     except ConfigError as error:
         raise InvalidRequest(str(error), code="invalid_hyperparameters") from None
+
+
+def given_hyperparameters(config: Any, requested: dict[str, Any]) -> dict[str, Any]:
+    """The keys the request set, with their validated and coerced values: never the raw input, which
+    may hold values PostgreSQL's JSONB refuses. Unset keys stay out, so the stage defaults apply."""
+    validated = config.to_dict()
+    return {key: validated[key] for key in requested if key in validated and key not in ("method", "stage")}
 
 
 def _lineage_choice(session: Session, settings: Settings, spec: FinetuneSpec) -> tuple[str, int, str]:
@@ -139,18 +146,24 @@ def _lineage_choice(session: Session, settings: Settings, spec: FinetuneSpec) ->
 
 
 def finished_parent(session: Session, parent_model_id: str) -> Model:
-    parent = ModelRepository(session).get(parent_model_id)
-    if parent is not None:
-        return parent
-    producing_job = JobRepository(session).by_output_model_id(parent_model_id)
+    return finished_model(
+        session, parent_model_id, role="the parent model", use="fine-tuned further", code="parent_not_ready"
+    )
+
+
+def finished_model(session: Session, model_id: str, *, role: str, use: str, code: str) -> Model:
+    """The model row, or why there is none: its job has not succeeded (409), or no such model (404)."""
+    model = ModelRepository(session).get(model_id)
+    if model is not None:
+        return model
+    producing_job = JobRepository(session).by_output_model_id(model_id)
     if producing_job is not None:
         raise Conflict(
-            f"the parent model's job is {producing_job.status}; only the model of a succeeded job can be "
-            "fine-tuned further",
-            code="parent_not_ready",
+            f"{role}'s job is {producing_job.status}; only the model of a succeeded job can be {use}",
+            code=code,
             details={"job_id": producing_job.id, "job_status": str(producing_job.status)},
         )
-    raise NotFound("no model with this id", code="model_not_found", details={"id": safe_ref(parent_model_id)})
+    raise NotFound("no model with this id", code="model_not_found", details={"id": safe_ref(model_id)})
 
 
 def _check_trainable(stored_summary: dict[str, Any], min_rows: int) -> None:
@@ -232,6 +245,19 @@ def reap_stale_jobs(session: Session, settings: Settings, now: datetime | None =
                 events.add(job.id, "state", attempt=job.attempt, data={"status": "failed", "error": error})
                 result.failed.append(job)
     return result
+
+
+def queued_jobs_to_resend(session: Session, settings: Settings, now: datetime | None = None) -> list[Job]:
+    """Queued jobs unchanged for resend_queued_after_s, marked so no other reaper re-sends them in
+    the same period; the caller commits, then sends each one a new message."""
+    now = now or utcnow()
+    jobs = JobRepository(session)
+    cutoff = now - timedelta(seconds=settings.resend_queued_after_s)
+    return [
+        job
+        for job in jobs.queued_since_before(cutoff)
+        if jobs.touch_if_queued_since_before(job.id, cutoff, now)
+    ]
 
 
 def progress_record(

@@ -12,11 +12,17 @@ from sqlalchemy.orm import Session
 from core.db.base import utcnow
 from core.db.models import PredictionAudit
 from core.db.repositories import PredictionAuditRepository
-from core.errors import InvalidRequest
+from core.errors import InvalidRequest, ServiceError
 from core.services.models import get_model, model_directory
 from core.settings import Settings
+from models_store.store import ModelNotFound
 
 BASE = "base"
+
+
+class ModelUnavailable(ServiceError):
+    status_code = 503
+    code = "model_unavailable"
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,22 @@ def check_limits(settings: Settings, spec: PredictSpec) -> None:
     empty = [index for index, text in enumerate(spec.texts) if not text.strip()]
     if empty:
         raise InvalidRequest("notes must not be empty", code="empty_text", details={"indices": empty[:20]})
+    unencodable = [index for index, text in enumerate(spec.texts) if not _utf8_encodable(text)]
+    if unencodable:
+        # A lone surrogate (JSON allows "\ud800") breaks the tokenizer and the audit hash.
+        raise InvalidRequest(
+            "notes must be valid Unicode text (no unpaired surrogates)",
+            code="invalid_text",
+            details={"indices": unencodable[:20]},
+        )
+
+
+def _utf8_encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def predict(
@@ -62,12 +84,22 @@ def predict(
             other = get_model(session, name)
             targets[name] = (model_directory(settings, other), other.base_model)
 
-    primary = cache.predict(
-        model_directory(settings, model), spec.texts, base_model=model.base_model, threshold=spec.threshold
-    )
-    compared = {
-        name: cache.predict(path, spec.texts, base_model=base) for name, (path, base) in targets.items()
-    }
+    try:
+        primary = cache.predict(
+            model_directory(settings, model),
+            spec.texts,
+            base_model=model.base_model,
+            threshold=spec.threshold,
+        )
+        compared = {
+            name: cache.predict(path, spec.texts, base_model=base) for name, (path, base) in targets.items()
+        }
+    except ModelNotFound:
+        # The row exists but its directory is gone (a lost volume, a manual clean-up): not our bug.
+        raise ModelUnavailable(
+            "a requested model is registered but its files are missing from the model store",
+            code="model_unavailable",
+        ) from None
     predictions = [
         {**item, "compared": {name: outputs[index] for name, outputs in compared.items()}}
         for index, item in enumerate(primary)

@@ -89,9 +89,10 @@ def training_metrics(manifest: dict[str, Any]) -> dict[str, Any]:
 def record_finetune_success(
     session: Session, job: Job, attempt: int, manifest: dict[str, Any], model_path: str
 ) -> bool:
-    """running -> succeeded and the model row, together; False if the run no longer owns the job."""
+    """running -> succeeded and the model row, together; False if the run no longer owns the job or a
+    cancel was requested (even after the last step: the caller then records the cancel)."""
     metrics = training_metrics(manifest)
-    if not JobRepository(session).finish(job.id, attempt, JobStatus.succeeded, utcnow(), metrics=metrics):
+    if not _succeed(session, job.id, attempt, metrics):
         return False
     assert job.output_model_id is not None
     ModelRepository(session).add(
@@ -122,7 +123,7 @@ def record_evaluation_success(
     session: Session, job: Job, attempt: int, evaluation_id: str, report: dict[str, Any], arrays_path: str
 ) -> bool:
     summary = {"evaluation_id": evaluation_id}
-    if not JobRepository(session).finish(job.id, attempt, JobStatus.succeeded, utcnow(), metrics=summary):
+    if not _succeed(session, job.id, attempt, summary):
         return False
     assert job.test_dataset_id is not None
     EvaluationRepository(session).add(
@@ -137,6 +138,20 @@ def record_evaluation_success(
     )
     JobEventRepository(session).add(job.id, "state", attempt=attempt, data={"status": "succeeded"})
     return True
+
+
+def _succeed(session: Session, job_id: str, attempt: int, metrics: dict[str, Any]) -> bool:
+    return JobRepository(session).finish(
+        job_id, attempt, JobStatus.succeeded, utcnow(), unless_cancel_requested=True, metrics=metrics
+    )
+
+
+def record_cancelled_if_requested(session: Session, job_id: str, attempt: int) -> bool:
+    """Ends the run as cancelled when it still owns the job and a cancel was requested."""
+    state = run_state(session, job_id)
+    if state is None or not state.owned_by(attempt) or not state.cancel_requested:
+        return False
+    return record_cancelled(session, job_id, attempt)
 
 
 def record_failure(session: Session, job_id: str, attempt: int, error: str) -> bool:
