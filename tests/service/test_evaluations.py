@@ -11,6 +11,8 @@ import struct
 
 import pytest
 
+from ml.evaluation import FORGETTING_METRICS
+from ml.metrics import METRIC_NAMES
 from tests.service.helpers import (
     SMALL_JOB,
     bearer,
@@ -21,19 +23,7 @@ from tests.service.helpers import (
     wait_for_job,
 )
 
-METRICS = (
-    "accuracy",
-    "precision",
-    "recall",
-    "sensitivity",
-    "specificity",
-    "f1",
-    "roc_auc",
-    "pr_auc",
-    "brier",
-    "ece",
-)
-FORGETTING_METRICS = ("roc_auc", "f1", "sensitivity", "specificity", "accuracy")
+METRICS = METRIC_NAMES
 PLOT_KINDS = ("roc", "pr", "confusion", "calibration")
 UNLISTED = "threshold_for_unlisted_model"
 TEST_ROWS = 30
