@@ -36,10 +36,16 @@ def csv_bytes(frame) -> bytes:
     return frame[["Text", "label"]].to_csv(index=False).encode()
 
 
-def tfidf_auc(train, test) -> float:
-    vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
+# The default token pattern drops one-character tokens, so "ECOG 3", "grade 2" and "ER-" lose their
+# digit or sign; the second baseline keeps them and is the stronger one (0.860 vs 0.845 here).
+WORDS_OF_TWO_OR_MORE = r"(?u)\b\w\w+\b"
+WORDS_DIGITS_AND_SIGNS = r"(?u)\b\w+\b|[+-]"
+
+
+def tfidf_auc(train, test, token_pattern: str = WORDS_OF_TWO_OR_MORE, c: float = 4.0) -> float:
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True, token_pattern=token_pattern)
     features = vectorizer.fit_transform(train["Text"])
-    model = LogisticRegression(max_iter=2000, C=4.0, class_weight="balanced").fit(features, train["label"])
+    model = LogisticRegression(max_iter=3000, C=c, class_weight="balanced").fit(features, train["label"])
     return float(roc_auc_score(test["label"], model.predict_proba(vectorizer.transform(test["Text"]))[:, 1]))
 
 
@@ -105,6 +111,10 @@ def main() -> None:
                 "best_possible_narrative": synth.best_possible_auc(narrative_test),
                 "best_possible_terse": synth.best_possible_auc(terse_test),
                 "tfidf_narrative": tfidf_auc(narrative_train, narrative_test),
+                "tfidf_digits_narrative": tfidf_auc(
+                    narrative_train, narrative_test, WORDS_DIGITS_AND_SIGNS, 0.5
+                ),
+                "tfidf_digits_terse": tfidf_auc(terse_train, terse_test, WORDS_DIGITS_AND_SIGNS, 0.5),
                 "first_narrative": model_auc(cache, root / "first", narrative_test),
                 "first_terse": model_auc(cache, root / "first", terse_test),
                 "second_narrative": model_auc(cache, root / "second", narrative_test),
@@ -134,12 +144,22 @@ def report(r: dict) -> None:
             f"fine-tune - TF-IDF {r['first_narrative'] - r['tfidf_narrative']:+.4f} "
             f"{'OK' if r['first_narrative'] > r['tfidf_narrative'] else 'MISSED'}",
         ),
+        (
+            "TF-IDF keeping digits, signs",
+            r["tfidf_digits_narrative"],
+            f"fine-tune - TF-IDF {r['first_narrative'] - r['tfidf_digits_narrative']:+.4f}",
+        ),
         ("first: terse test AUC", r["first_terse"], "before the second fine-tune"),
         (
             "second: terse test AUC",
             r["second_terse"],
             f"best possible {r['best_possible_terse']:.4f}, "
             f"gap {gap_second:+.4f} (target <= 0.02) {'OK' if gap_second <= 0.02 else 'MISSED'}",
+        ),
+        (
+            "TF-IDF (digits) on terse 600",
+            r["tfidf_digits_terse"],
+            f"second - TF-IDF {r['second_terse'] - r['tfidf_digits_terse']:+.4f}",
         ),
         (
             "second: narrative test AUC",

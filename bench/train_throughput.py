@@ -61,7 +61,17 @@ def time_ours(texts, labels, args) -> float:
 
     hooks = TrainHooks(on_progress=on_progress, should_stop=lambda: len(stamps) >= WARMUP_STEPS + args.steps)
     config = TrainConfig.for_stage(
-        1, args.method, {"epochs": 1, "batch_size": args.batch_size, "max_length": 256, "val_fraction": 0.05}
+        1,
+        args.method,
+        {
+            "epochs": 1,
+            "batch_size": args.batch_size,
+            "max_length": 256,
+            "val_fraction": 0.05,
+            # Same model as the Trainer runs: whole-note mean pooling, and no probe before the loop.
+            "pooling": "mean",
+            "head_init": "random",
+        },
     )
     import pandas as pd
 
@@ -88,7 +98,7 @@ def time_trainer(texts, labels, args, pad_to_max: bool) -> float:
         def on_step_end(self, *_, **__):
             stamps.append(time.perf_counter())
 
-    model = load_base_classifier(None)
+    model = load_base_classifier(None, "mean")
     if args.method == "lora":
         from peft import LoraConfig, TaskType, get_peft_model
 

@@ -32,6 +32,11 @@ HYPERPARAMETER_FLAGS = {
     "val_fraction": float,
     "min_rows": int,
     "threshold_mode": str,
+    "pooling": str,
+    "head_init": str,
+    "refit_head": str,  # true/false
+    "ema_decay": float,
+    "layer_lr_decay": float,
     "lora_r": int,
     "lora_alpha": int,
     "lora_dropout": float,

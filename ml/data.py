@@ -11,12 +11,15 @@ import hashlib
 import io
 import math
 import random
+import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from ml.config import DEFAULT_POOLING
 
 REQUIRED_COLUMNS = ("Text", "label")
 ROWS_SHOWN = 10
@@ -61,7 +64,11 @@ class DatasetSummary:
 
 
 def inspect_csv(
-    source: bytes | Path | str, *, max_length: int = 256, base_model: str | None = None
+    source: bytes | Path | str,
+    *,
+    max_length: int = 256,
+    base_model: str | None = None,
+    pooling: str = DEFAULT_POOLING,
 ) -> tuple[LabeledNotes, DatasetSummary]:
     """Parse and validate a CSV, and summarise it (duplicates, notes that will be truncated)."""
     raw = source if isinstance(source, bytes) else Path(source).read_bytes()
@@ -69,7 +76,7 @@ def inspect_csv(
     from ml.modeling import load_tokenizer
 
     tokenizer = load_tokenizer(base_model)
-    return notes, summarize(notes, raw, tokenizer, max_length)
+    return notes, summarize(notes, raw, tokenizer, max_length, pooling)
 
 
 def parse_labeled_csv(raw: bytes) -> LabeledNotes:
@@ -125,7 +132,9 @@ def parse_text_csv(raw: bytes) -> list[str]:
     return texts
 
 
-def summarize(notes: LabeledNotes, raw: bytes, tokenizer, max_length: int) -> DatasetSummary:
+def summarize(
+    notes: LabeledNotes, raw: bytes, tokenizer, max_length: int, pooling: str = DEFAULT_POOLING
+) -> DatasetSummary:
     first_label_of: dict[str, int] = {}
     duplicate_rows, conflicting = [], 0
     for row_number, (text, label) in enumerate(zip(notes.texts, notes.labels, strict=True), start=1):
@@ -135,7 +144,7 @@ def summarize(notes: LabeledNotes, raw: bytes, tokenizer, max_length: int) -> Da
             conflicting += int(first_label_of[key] != label)
         else:
             first_label_of[key] = int(label)
-    lengths = token_lengths(tokenizer, notes.texts)
+    lengths = token_lengths(tokenizer, notes.texts, pooling)
     return DatasetSummary(
         sha256=hashlib.sha256(raw).hexdigest(),
         rows=len(notes),
@@ -175,9 +184,15 @@ def class_counts(labels: np.ndarray) -> dict[str, int]:
     return {"0": int((labels == 0).sum()), "1": int((labels == 1).sum())}
 
 
-def token_lengths(tokenizer, texts: list[str]) -> list[int]:
-    encoded = tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False)
-    return [len(ids) for ids in encoded["input_ids"]]
+def token_lengths(tokenizer, texts: list[str], pooling: str = DEFAULT_POOLING) -> list[int]:
+    """What max_length cuts: tokens per note, or with sentence pooling, per note's longest sentence."""
+    if pooling != "sentences":
+        encoded = tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False)
+        return [len(ids) for ids in encoded["input_ids"]]
+    per_note = [sentences_of(text) for text in texts]
+    flat = [sentence for sentences in per_note for sentence in sentences]
+    lengths = iter(token_lengths(tokenizer, flat, "mean") if flat else [])
+    return [max(next(lengths) for _ in sentences) for sentences in per_note]
 
 
 def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -196,9 +211,32 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tupl
 # --- tokenisation and batching -------------------------------------------------------------------
 
 
-def encode(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
-    """Token ids per note, truncated at max_length and not padded: padding happens per batch."""
-    return tokenizer(texts, truncation=True, max_length=max_length, verbose=False)["input_ids"]
+def encode(tokenizer, texts: list[str], max_length: int, pooling: str = DEFAULT_POOLING) -> list[list[int]]:
+    """Token ids per note, not padded: padding happens per batch.
+
+    Whole-note poolings truncate each note at max_length. "sentences" encodes each sentence as its
+    own [CLS] ... [SEP] run, truncated at max_length, and joins the runs: the model splits them again.
+    """
+    if pooling != "sentences":
+        return tokenizer(texts, truncation=True, max_length=max_length, verbose=False)["input_ids"]
+    per_note = [sentences_of(text) for text in texts]
+    flat = [sentence for sentences in per_note for sentence in sentences]
+    ids = tokenizer(flat, truncation=True, max_length=max_length, verbose=False)["input_ids"] if flat else []
+    notes, position = [], 0
+    for sentences in per_note:
+        notes.append([token for run in ids[position : position + len(sentences)] for token in run])
+        position += len(sentences)
+    return notes
+
+
+# A sentence ends at ., ;, ! or ? followed by white space, or at a line break.
+_SENTENCE_END = re.compile(r"(?<=[.;!?])\s+|\s*\n\s*")
+
+
+def sentences_of(text: str) -> list[str]:
+    """The note's sentences; a note without text still gives one (empty) sentence to score."""
+    sentences = [part.strip() for part in _SENTENCE_END.split(text) if part and part.strip()]
+    return sentences or [text.strip()]
 
 
 def pad_batch(sequences: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:

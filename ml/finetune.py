@@ -8,6 +8,7 @@ the caller stop the run.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
@@ -41,6 +42,7 @@ from ml.modeling import (
     METHOD_REGISTRY,
     adalora_ranks,
     adamw,
+    effective_pooling,
     load_base_classifier,
     load_tokenizer,
     pick_device,
@@ -49,6 +51,8 @@ from ml.modeling import (
     trainable_parameter_count,
     training_uses_bf16,
 )
+from ml.optim import WeightAverage, parameter_groups, scaled_learning_rates
+from ml.probe import fit_head_by_linear_probe
 from models_store.store import atomic_directory, read_manifest, write_manifest
 
 MANIFEST_VERSION = 1
@@ -125,8 +129,11 @@ def finetune(
         base_model = parent["base_model"]
         config = _with_parent_architecture(config, parent)
     base_model = resolve_base_model(base_model)
+    config = dataclasses.replace(config, pooling=effective_pooling(base_model, config.pooling))
     tokenizer = load_tokenizer(base_model)
-    notes, summary = inspect_csv(train_csv, max_length=config.max_length, base_model=base_model)
+    notes, summary = inspect_csv(
+        train_csv, max_length=config.max_length, base_model=base_model, pooling=config.pooling
+    )
     check_trainable(summary, config.min_rows)
     split = _split(notes, config, tokenizer)
     total_steps = config.epochs * steps_per_epoch(len(split.train), config.batch_size)
@@ -139,6 +146,14 @@ def finetune(
         model = method.start(config, base_model, total_steps)
     device = pick_device()
     model.to(device)
+    probe = None
+    wants_probe = config.refit_head if parent is not None else config.head_init == "linear_probe"
+    if wants_probe:
+        weight = class_weights(split.train.labels, config.weight_multiplier)[1]
+        probe = fit_head_by_linear_probe(
+            model, split.train_ids, split.train.labels, split.val_ids, split.val.labels,
+            tokenizer.pad_token_id, weight, device,
+        )  # fmt: skip
     ranks_before = adalora_ranks(model)
 
     run = _TrainingRun(model, config, split, tokenizer.pad_token_id, total_steps, hooks, device)
@@ -171,6 +186,7 @@ def finetune(
         "total_steps": total_steps,
         "steps_run": run.global_step,
         "trainable_parameters": trainable_parameter_count(model),
+        "linear_probe": probe,
         "best_epoch": run.best_epoch,
         "epochs_run": len(history),
         "stopped_early": len(history) < config.epochs,
@@ -182,7 +198,7 @@ def finetune(
         "temperature": temperature,
         "calibration": metric_fns.calibration_report(split.val.labels, val_logits, temperature),
         "comparison": _base_comparison(base_model, split, val_prob, threshold, config, device),
-        "logit_fingerprint": logit_fingerprint(model, tokenizer, split.val.texts, config.max_length, device),
+        "logit_fingerprint": logit_fingerprint(model, tokenizer, split.val.texts, config, device),
     }
     if parent is not None:
         manifest["comparison"]["parent_vs_fine_tuned"] = _parent_comparison(
@@ -212,7 +228,9 @@ class _TrainingRun:
         self.best_rank_pattern: dict | None = None
         self.started = time.monotonic()
         self.weights = class_weights(split.train.labels, config.weight_multiplier).to(device)
-        self.optimizer = adamw(_parameter_groups(model, config.weight_decay), config.lr)
+        groups = parameter_groups(model, config.weight_decay, config.layer_lr_decay)
+        self.optimizer = adamw(scaled_learning_rates(groups, config.lr), config.lr)
+        self.average = WeightAverage(model, config.ema_decay) if config.ema_decay > 0 else None
         self.bf16 = training_uses_bf16(config.precision, device)
         # Warm-up is capped at half the run so short runs still reach the peak rate and decay.
         self.warmup = min(config.warmup_steps, total_steps // 2)
@@ -226,22 +244,33 @@ class _TrainingRun:
                 lengths, self.config.batch_size, self.config.seed + epoch, self.config.group_by_length
             )
             mean_loss = self._train_epoch(epoch, batches)
-            val_metrics = self._validate()
-            score = val_metrics.get(self.config.metric)
+            with self._weights_to_keep():
+                val_metrics = self._validate()
+                score = val_metrics.get(self.config.metric)
+                improved = score is not None and score > self.best_score or not self.best_state
+                if improved:
+                    self._remember_best(epoch, score)
             history.append({"epoch": epoch, "train_loss": mean_loss, "validation": val_metrics})
             self._report("epoch_end", epoch, mean_loss, val_metrics)
-            if score is not None and score > self.best_score or not self.best_state:
-                self.best_score = score if score is not None else -math.inf
-                self.best_epoch, epochs_without_gain = epoch, 0
-                self.best_state = _cpu_copy(self.model.state_dict())
-                if self.allocate_ranks:
-                    # A continued AdaLoRA adapter is loaded already cut to its ranks: nothing to mask.
-                    self.best_rank_pattern = copy.deepcopy(_rank_pattern(self.model))
+            if improved:
+                epochs_without_gain = 0
             else:
                 epochs_without_gain += 1
                 if epochs_without_gain >= self.config.patience:
                     break
         return history
+
+    def _weights_to_keep(self):
+        """The weights that are validated and saved: the moving average when there is one."""
+        return self.average.swapped_in() if self.average else contextlib.nullcontext()
+
+    def _remember_best(self, epoch: int, score: float | None) -> None:
+        self.best_score = score if score is not None else -math.inf
+        self.best_epoch = epoch
+        self.best_state = _cpu_copy(self.model.state_dict())
+        if self.allocate_ranks:
+            # A continued AdaLoRA adapter is loaded already cut to its ranks: nothing to mask.
+            self.best_rank_pattern = copy.deepcopy(_rank_pattern(self.model))
 
     def restore_best(self) -> None:
         """Load the best epoch's weights; for AdaLoRA also its rank pattern, applied as a mask.
@@ -287,6 +316,8 @@ class _TrainingRun:
             # Must run every step, after backward and before zero_grad, or AdaLoRA is plain LoRA.
             self.model.base_model.update_and_allocate(self.global_step)
         self.optimizer.zero_grad(set_to_none=True)
+        if self.average:
+            self.average.update(self.global_step)
         return float(loss.detach())
 
     @torch.no_grad()
@@ -313,10 +344,10 @@ class _TrainingRun:
             )
 
 
-def logit_fingerprint(model, tokenizer, texts: list[str], max_length: int, device) -> list[list[float]]:
+def logit_fingerprint(model, tokenizer, texts: list[str], config: TrainConfig, device) -> list[list[float]]:
     """Logits of the first few validation notes, scored alone: a reloaded model must reproduce them."""
     chosen = texts[:FINGERPRINT_NOTES]
-    ids = encode(tokenizer, chosen, max_length)
+    ids = encode(tokenizer, chosen, config.max_length, config.pooling)
     return [[float(x) for x in row] for row in predict_logits(model, ids, tokenizer.pad_token_id, 1, device)]
 
 
@@ -331,8 +362,8 @@ def _split(notes: LabeledNotes, config: TrainConfig, tokenizer) -> _Split:
     return _Split(
         train,
         val,
-        encode(tokenizer, train.texts, config.max_length),
-        encode(tokenizer, val.texts, config.max_length),
+        encode(tokenizer, train.texts, config.max_length, config.pooling),
+        encode(tokenizer, val.texts, config.max_length, config.pooling),
     )
 
 
@@ -407,7 +438,7 @@ def _forgetting_check(parent, parent_dir, parent_train_csv, model, tokenizer, te
     parent_prob = metric_fns.softmax_probability(
         logits_for_model_dir(parent_dir, parent, parent_val.texts, device), parent.get("temperature", 1.0)
     )
-    ids = encode(tokenizer, parent_val.texts, parent_config.max_length)
+    ids = encode(tokenizer, parent_val.texts, parent_config.max_length, pooling_of(parent))
     second_prob = metric_fns.softmax_probability(
         predict_logits(model, ids, tokenizer.pad_token_id, 64, device), temperature
     )
@@ -441,15 +472,6 @@ def _save(model, tokenizer, manifest: dict, out_dir: Path) -> None:
         model.save_pretrained(temporary, safe_serialization=True)
         tokenizer.save_pretrained(temporary)
         write_manifest(temporary, manifest)
-
-
-def _parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        (no_decay if param.ndim < 2 or "LayerNorm" in name else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def _rank_pattern(model) -> dict | None:

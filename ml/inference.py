@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ml.config import DEFAULT_POOLING
 from ml.data import encode, inference_batches, pad_batch
-from ml.modeling import load_for_inference, load_tokenizer
+from ml.modeling import load_for_inference, load_tokenizer, pooling_of
 
 DEFAULT_MAX_LENGTH = 256
 
@@ -37,10 +38,10 @@ def logits_for_texts(
     max_length: int,
     device: torch.device,
     batch_size: int = 64,
+    pooling: str = DEFAULT_POOLING,
 ) -> np.ndarray:
-    return predict_logits(
-        model, encode(tokenizer, texts, max_length), tokenizer.pad_token_id, batch_size, device
-    )
+    ids = encode(tokenizer, texts, max_length, pooling)
+    return predict_logits(model, ids, tokenizer.pad_token_id, batch_size, device)
 
 
 def logits_for_model_dir(
@@ -50,4 +51,4 @@ def logits_for_model_dir(
     model = load_for_inference(Path(model_dir), manifest).to(device)
     tokenizer = load_tokenizer(manifest["base_model"])
     max_length = manifest.get("hyperparameters", {}).get("max_length", DEFAULT_MAX_LENGTH)
-    return logits_for_texts(model, tokenizer, texts, max_length, device)
+    return logits_for_texts(model, tokenizer, texts, max_length, device, pooling=pooling_of(manifest))

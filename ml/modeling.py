@@ -12,7 +12,7 @@ import functools
 import logging
 import warnings
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -64,19 +64,123 @@ class BertMeanPoolingForSequenceClassification(BertForSequenceClassification):
         hidden = self.bert(
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
         ).last_hidden_state
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
-        logits = self.classifier(self.dropout(pooled))
+        logits = self.classifier(self.dropout(self.pool(hidden, attention_mask)))
         loss = F.cross_entropy(logits.float(), labels) if labels is not None else None
         return SequenceClassifierOutput(loss=loss, logits=logits)
+
+    @staticmethod
+    def pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+
+
+class BertMaxPoolingForSequenceClassification(BertMeanPoolingForSequenceClassification):
+    """The classifier reads the largest value of each feature over the note's tokens."""
+
+    @staticmethod
+    def pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        padding = (attention_mask == 0).unsqueeze(-1)
+        return hidden.masked_fill(padding, torch.finfo(hidden.dtype).min).amax(dim=1)
+
+
+class BertSentencePoolingForSequenceClassification(BertForSequenceClassification):
+    """Each sentence is encoded on its own; the classifier reads the mean of the sentence embeddings.
+
+    The note arrives as one id sequence of sentences, each starting with [CLS] (see ml.data.encode
+    with pooling "sentences"); the forward pass cuts it back into sentences, so the data path,
+    padding and batching stay those of whole notes. Why: a sentence-embedding model was trained on
+    sentences, and a fact stated in one sentence ("ER negative", "ECOG 3") should not be read
+    differently because of the wording of the others. It also lifts the note-length limit:
+    max_length applies to each sentence.
+    """
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, **_):
+        sentences = split_sentences(input_ids, attention_mask, self.sentence_start_id)
+        per_sentence = self._embed_sentences(sentences.input_ids, sentences.attention_mask)
+        per_note = torch.zeros(
+            input_ids.shape[0], per_sentence.shape[1], dtype=per_sentence.dtype, device=per_sentence.device
+        ).index_add_(0, sentences.note, per_sentence)
+        per_note = per_note / sentences.count.clamp(min=1).unsqueeze(-1).to(per_note.dtype)
+        logits = self.classifier(self.dropout(per_note))
+        loss = F.cross_entropy(logits.float(), labels) if labels is not None else None
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+    def _embed_sentences(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Mean token state per sentence, encoded in groups of similar length to spare padding."""
+        lengths = attention_mask.sum(dim=1)
+        order = torch.argsort(lengths)
+        pieces = []
+        for group in torch.split(order, SENTENCE_GROUP):
+            longest = int(lengths[group].max())
+            ids, mask = input_ids[group, :longest], attention_mask[group, :longest]
+            hidden = self.bert(input_ids=ids, attention_mask=mask).last_hidden_state
+            pieces.append(BertMeanPoolingForSequenceClassification.pool(hidden, mask))
+        embedded = torch.cat(pieces)
+        return torch.empty_like(embedded).index_copy_(0, order, embedded)
+
+    @property
+    def sentence_start_id(self) -> int:
+        return int(getattr(self.config, "sentence_start_id", None) or BERT_CLS_ID)
+
+
+SENTENCE_GROUP = 64  # sentences encoded together; groups are formed from sentences of similar length
+BERT_CLS_ID = 101  # [CLS] in the BERT vocabularies (the packaged MiniLM's included)
+
+
+class Sentences(NamedTuple):
+    input_ids: torch.Tensor  # (sentences, longest sentence)
+    attention_mask: torch.Tensor
+    note: torch.Tensor  # (sentences,): the row of the note each sentence came from
+    count: torch.Tensor  # (notes,): sentences per note
+
+
+def split_sentences(input_ids: torch.Tensor, attention_mask: torch.Tensor, start_id: int) -> Sentences:
+    """Cut padded notes of [CLS]-led sentences into one padded batch of sentences (vectorised)."""
+    real = attention_mask.bool()
+    starts = (input_ids == start_id) & real
+    starts[:, 0] |= real[:, 0]  # a note that does not open with [CLS] still has a first sentence
+    count = starts.sum(dim=1)
+    first_sentence_of_note = torch.cumsum(count, 0) - count
+    sentence_in_note = torch.cumsum(starts.long(), dim=1) - 1
+    sentence = (first_sentence_of_note.unsqueeze(1) + sentence_in_note)[real]
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+    start_position = torch.cummax(torch.where(starts, positions, torch.zeros_like(positions)), dim=1).values
+    offset = (positions - start_position)[real]
+    total = int(count.sum())
+    longest = int(offset.max()) + 1 if total else 1
+    ids = torch.zeros((total, longest), dtype=input_ids.dtype, device=input_ids.device)
+    mask = torch.zeros((total, longest), dtype=attention_mask.dtype, device=input_ids.device)
+    ids[sentence, offset] = input_ids[real]
+    mask[sentence, offset] = 1
+    note = torch.repeat_interleave(torch.arange(input_ids.shape[0], device=input_ids.device), count)
+    return Sentences(ids, mask, note, count)
+
+
+POOLING_CLASSES = {
+    "mean": BertMeanPoolingForSequenceClassification,
+    "max": BertMaxPoolingForSequenceClassification,
+    "sentences": BertSentencePoolingForSequenceClassification,
+}
 
 
 def load_classifier(source: str | Path, pooling: str) -> torch.nn.Module:
     """A 2-label classifier from a base checkpoint or a saved full model, with the given pooling."""
     source = str(source)
-    if pooling == "mean" and AutoConfig.from_pretrained(source).model_type == "bert":
-        return BertMeanPoolingForSequenceClassification.from_pretrained(source, num_labels=NUM_LABELS)
+    pooling = effective_pooling(source, pooling)
+    if pooling in POOLING_CLASSES:
+        model = POOLING_CLASSES[pooling].from_pretrained(source, num_labels=NUM_LABELS)
+        if pooling == "sentences":
+            model.config.sentence_start_id = AutoTokenizer.from_pretrained(source).cls_token_id
+        return model
     return AutoModelForSequenceClassification.from_pretrained(source, num_labels=NUM_LABELS)
+
+
+def effective_pooling(source: str | Path, pooling: str) -> str:
+    """The pooling a base supports: ours need BERT's module layout; other architectures use their own
+    sequence-classification head, which reads the whole note ("cls")."""
+    if pooling == "cls" or AutoConfig.from_pretrained(str(source)).model_type == "bert":
+        return pooling
+    return "cls"
 
 
 def load_base_classifier(base_model: str | None = None, pooling: str = DEFAULT_POOLING) -> torch.nn.Module:

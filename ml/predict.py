@@ -16,9 +16,11 @@ import numpy as np
 import torch
 from peft import PeftModel
 
+from ml.config import DEFAULT_POOLING
 from ml.inference import DEFAULT_MAX_LENGTH, logits_for_texts
 from ml.metrics import softmax_probability
 from ml.modeling import (
+    effective_pooling,
     load_base_classifier,
     load_classifier,
     load_tokenizer,
@@ -77,21 +79,25 @@ class ModelCache:
         with self._lock:
             if model_dir is None:
                 base = resolve_base_model(base_model)
-                logits = self._logits(self._base(base), base, texts, DEFAULT_MAX_LENGTH)
+                pooling = effective_pooling(base, DEFAULT_POOLING)
+                logits = self._logits(self._base(base), base, texts, DEFAULT_MAX_LENGTH, pooling)
                 return Scored(softmax_probability(logits), BASE_THRESHOLD, None)
             loaded = self._get(Path(model_dir))
             manifest = loaded.manifest
             module = loaded.module if loaded.module is not None else self._activate(loaded)
             max_length = manifest["hyperparameters"].get("max_length", DEFAULT_MAX_LENGTH)
-            logits = self._logits(module, manifest["base_model"], texts, max_length)
+            logits = self._logits(module, manifest["base_model"], texts, max_length, pooling_of(manifest))
             probabilities = softmax_probability(logits, manifest.get("temperature", 1.0))
             return Scored(probabilities, float(manifest["threshold"]), manifest)
 
     def loaded_count(self) -> int:
         return len(self._loaded)
 
-    def _logits(self, module, base_model: str, texts: list[str], max_length: int) -> np.ndarray:
-        return logits_for_texts(module, load_tokenizer(base_model), texts, max_length, self.device)
+    def _logits(
+        self, module, base_model: str, texts: list[str], max_length: int, pooling: str = DEFAULT_POOLING
+    ) -> np.ndarray:
+        tokenizer = load_tokenizer(base_model)
+        return logits_for_texts(module, tokenizer, texts, max_length, self.device, pooling=pooling)
 
     def _base(self, base_model: str) -> torch.nn.Module:
         if base_model not in self._bases:

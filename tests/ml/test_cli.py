@@ -117,3 +117,22 @@ def test_synth_writes_a_seeded_csv(capsys, tmp_path):
     assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
     status, _, err = run(capsys, "synth", "--n", "5", "--style", "haiku", "--out", tmp_path / "c.csv")
     assert status == 2 and "haiku" in err
+
+
+def test_pooling_and_head_start_flags_reach_the_manifest(capsys, tiny_bert, narrative_csv, tmp_path):
+    flags = ["--epochs", "1", "--max-length", "64", "--batch-size", "8", "--quiet"]
+    status, out, _ = run(
+        capsys, "train", "--train", narrative_csv, "--base-model", tiny_bert, "--out", tmp_path / "m",
+        "--pooling", "mean", "--head-init", "random", "--ema-decay", "0.9", *flags,
+    )  # fmt: skip
+    hyperparameters = json.loads(out)["hyperparameters"]
+    assert status == 0
+    assert (hyperparameters["pooling"], hyperparameters["head_init"], hyperparameters["ema_decay"]) == (
+        "mean",
+        "random",
+        0.9,
+    )
+    status, _, err = run(
+        capsys, "train", "--train", narrative_csv, "--pooling", "attention", "--out", tmp_path / "x"
+    )
+    assert status == 2 and "pooling must be one of" in err and "Traceback" not in err

@@ -137,3 +137,12 @@ def test_length_grouping_cuts_padding_and_covers_every_row_once():
 
     assert padded_tokens(grouped) < 0.75 * padded_tokens(plain)
     assert training_batches(lengths, 16, seed=1) == grouped
+
+
+def test_truncation_is_counted_per_sentence_with_sentence_pooling(tiny_bert):
+    many_short_sentences = " ".join(["ER negative."] * 40)  # ~120 tokens, no sentence near 64
+    raw = csv_bytes("Text,label", many_short_sentences + ",1", "other,0")
+    _, whole_notes = inspect_csv(raw, max_length=64, base_model=tiny_bert, pooling="mean")
+    _, sentences = inspect_csv(raw, max_length=64, base_model=tiny_bert, pooling="sentences")
+    assert whole_notes.truncated_at_max_length == 1
+    assert sentences.truncated_at_max_length == 0

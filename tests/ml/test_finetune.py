@@ -213,8 +213,10 @@ def test_bad_hyperparameters_are_named():
 def test_stage_defaults_follow_the_seed_recipe():
     first, second = TrainConfig.for_stage(1, "full"), TrainConfig.for_stage(2, "full")
     assert (first.epochs, first.warmup_steps) == (8, 200)
-    assert (second.epochs, second.warmup_steps) == (3, 100)
-    assert second.lr < first.lr
+    # Measured departures from the seed (README, "Benchmarks"): 6 epochs for the second stage, and
+    # with the linear-probe start the seed's 2e-5 is right for a first full fine-tune.
+    assert (second.epochs, second.warmup_steps) == (6, 100)
+    assert first.lr == 2e-5 and (first.pooling, first.head_init) == ("sentences", "linear_probe")
     assert TrainConfig.for_stage(1, "lora", {"epochs": "3"}).epochs == 3
 
 

@@ -1,0 +1,96 @@
+"""Optimiser set-up for the training loop: parameter groups (weight decay, layer-wise learning rates)
+and an exponential moving average of the weights.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+_LAYER_INDEX = re.compile(r"\.layer\.(\d+)\.")
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float, layer_lr_decay: float = 1.0) -> list[dict]:
+    """AdamW groups: no decay on biases and LayerNorm; with layer_lr_decay < 1, smaller rates lower down.
+
+    Each group carries `lr_scale`; `scaled_learning_rates` turns it into the group's `lr`, which the
+    warm-up/decay scheduler then multiplies, so the layer ratios hold for the whole run.
+    """
+    depth_of = _depth_function(model)
+    top = depth_of.top
+    groups: dict[tuple[int, bool], list[torch.nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        decays = not (param.ndim < 2 or "LayerNorm" in name)
+        groups.setdefault((depth_of(name), decays), []).append(param)
+    return [
+        {
+            "params": params,
+            "weight_decay": weight_decay if decays else 0.0,
+            "lr_scale": layer_lr_decay ** (top - depth),
+        }
+        for (depth, decays), params in sorted(groups.items())
+    ]
+
+
+def scaled_learning_rates(groups: list[dict], lr: float) -> list[dict]:
+    return [
+        {**{k: v for k, v in group.items() if k != "lr_scale"}, "lr": lr * group["lr_scale"]}
+        for group in groups
+    ]
+
+
+class _Depth:
+    """Depth of a parameter: 0 for embeddings, k for encoder layer k-1, top for everything above."""
+
+    def __init__(self, num_layers: int):
+        self.top = num_layers + 1
+
+    def __call__(self, name: str) -> int:
+        if "embeddings" in name:
+            return 0
+        match = _LAYER_INDEX.search(name)
+        return int(match.group(1)) + 1 if match and "encoder" in name else self.top
+
+
+def _depth_function(model: torch.nn.Module) -> _Depth:
+    config = getattr(model, "config", None)
+    return _Depth(int(getattr(config, "num_hidden_layers", 0) or 0))
+
+
+class WeightAverage:
+    """Exponential moving average of the trainable weights (fp32 shadow copies).
+
+    The decay ramps up as (1 + step) / (10 + step) so the first steps do not drag the random head's
+    initial values along for hundreds of steps.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.shadow = [p.detach().float().clone() for p in self.params]
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))
+        torch._foreach_lerp_(self.shadow, [p.detach().float() for p in self.params], 1.0 - decay)
+
+    @contextmanager
+    def swapped_in(self) -> Iterator[None]:
+        """Inside the block the model holds the averaged weights; afterwards its own again."""
+        own = [p.detach().clone() for p in self.params]
+        _copy_into(self.params, self.shadow)
+        try:
+            yield
+        finally:
+            _copy_into(self.params, own)
+
+
+@torch.no_grad()
+def _copy_into(targets: list[torch.Tensor], sources: list[torch.Tensor]) -> None:
+    for target, source in zip(targets, sources, strict=True):
+        target.copy_(source)
