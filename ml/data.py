@@ -189,8 +189,7 @@ def token_lengths(tokenizer, texts: list[str], pooling: str = DEFAULT_POOLING) -
     if pooling != "sentences":
         encoded = tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False)
         return [len(ids) for ids in encoded["input_ids"]]
-    per_note = [sentences_of(text) for text in texts]
-    flat = [sentence for sentences in per_note for sentence in sentences]
+    per_note, flat = _sentences_per_note(texts)
     lengths = iter(token_lengths(tokenizer, flat, "mean") if flat else [])
     return [max(next(lengths) for _ in sentences) for sentences in per_note]
 
@@ -219,8 +218,7 @@ def encode(tokenizer, texts: list[str], max_length: int, pooling: str = DEFAULT_
     """
     if pooling != "sentences":
         return tokenizer(texts, truncation=True, max_length=max_length, verbose=False)["input_ids"]
-    per_note = [sentences_of(text) for text in texts]
-    flat = [sentence for sentences in per_note for sentence in sentences]
+    per_note, flat = _sentences_per_note(texts)
     ids = tokenizer(flat, truncation=True, max_length=max_length, verbose=False)["input_ids"] if flat else []
     notes, position = [], 0
     for sentences in per_note:
@@ -231,6 +229,12 @@ def encode(tokenizer, texts: list[str], max_length: int, pooling: str = DEFAULT_
 
 # A sentence ends at ., ;, ! or ? followed by white space, or at a line break.
 _SENTENCE_END = re.compile(r"(?<=[.;!?])\s+|\s*\n\s*")
+
+
+def _sentences_per_note(texts: list[str]) -> tuple[list[list[str]], list[str]]:
+    """Each note's sentences, and all of them in one flat list (tokenised in one call)."""
+    per_note = [sentences_of(text) for text in texts]
+    return per_note, [sentence for sentences in per_note for sentence in sentences]
 
 
 def sentences_of(text: str) -> list[str]:

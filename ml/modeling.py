@@ -178,9 +178,13 @@ def load_classifier(source: str | Path, pooling: str) -> torch.nn.Module:
 def effective_pooling(source: str | Path, pooling: str) -> str:
     """The pooling a base supports: ours need BERT's module layout; other architectures use their own
     sequence-classification head, which reads the whole note ("cls")."""
-    if pooling == "cls" or AutoConfig.from_pretrained(str(source)).model_type == "bert":
-        return pooling
-    return "cls"
+    return pooling if pooling == "cls" or _model_type(str(source)) == "bert" else "cls"
+
+
+@functools.lru_cache(maxsize=64)
+def _model_type(source: str) -> str:
+    # Cached: base scoring asks on every request, and a checkpoint's architecture does not change.
+    return AutoConfig.from_pretrained(source).model_type
 
 
 def load_base_classifier(base_model: str | None = None, pooling: str = DEFAULT_POOLING) -> torch.nn.Module:

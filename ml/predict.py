@@ -93,9 +93,7 @@ class ModelCache:
     def loaded_count(self) -> int:
         return len(self._loaded)
 
-    def _logits(
-        self, module, base_model: str, texts: list[str], max_length: int, pooling: str = DEFAULT_POOLING
-    ) -> np.ndarray:
+    def _logits(self, module, base_model: str, texts: list[str], max_length: int, pooling: str) -> np.ndarray:
         tokenizer = load_tokenizer(base_model)
         return logits_for_texts(module, tokenizer, texts, max_length, self.device, pooling=pooling)
 
