@@ -26,7 +26,7 @@ class ApiRuntime:
     database: Database
     queue: JobQueue
     store: ModelStore
-    model_cache: object  # ml.predict.ModelCache, imported lazily (torch)
+    model_cache: object  # ml.model_cache.ModelCache, imported lazily (torch)
 
 
 def get_runtime(request: Request) -> ApiRuntime:

@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from core.errors import ServiceError
+from ml.errors import UserError
 
 log = logging.getLogger("notetune.api")
 
@@ -41,8 +41,8 @@ def _status_code_name(status_code: int) -> str:
         return "http_error"
 
 
-async def _service_error(_: Request, error: Exception) -> JSONResponse:
-    assert isinstance(error, ServiceError)
+async def _user_error(_: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, UserError)
     headers = {"WWW-Authenticate": "Bearer"} if error.status_code == 401 else None
     return error_response(error.status_code, error.code, error.message, error.details, headers)
 
@@ -104,7 +104,7 @@ async def _validation_error(request: Request, error: Exception) -> JSONResponse:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(UserError, _user_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_middleware(UnhandledErrors)

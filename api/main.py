@@ -32,7 +32,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        from ml.predict import ModelCache
+        from ml.model_cache import ModelCache
 
         settings.ensure_directories()
         database = Database(settings.sqlalchemy_url)

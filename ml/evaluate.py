@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 
 from ml.data import inspect_csv
-from ml.evaluation import ModelOutput, evaluate_outputs
+from ml.errors import UserError
+from ml.model_cache import ModelCache
 from ml.modeling import resolve_base_model
-from ml.predict import ModelCache
+from ml.report import ModelOutput, evaluate_outputs
 
 MAX_MODELS = 8
 
@@ -44,10 +45,10 @@ def evaluate_models(
 ) -> tuple[dict, dict[str, np.ndarray]]:
     """(report, arrays): the JSON report, and y_true plus each model's probabilities for plots."""
     if not 1 <= len(models) <= MAX_MODELS:
-        raise ValueError(f"an evaluation compares 1 to {MAX_MODELS} models, got {len(models)}")
+        raise UserError(f"an evaluation compares 1 to {MAX_MODELS} models, got {len(models)}")
     names = [model.name for model in models]
     if len(set(names)) != len(names):
-        raise ValueError("model names in one evaluation must be unique")
+        raise UserError("model names in one evaluation must be unique")
     base_model = resolve_base_model(base_model)
     notes, summary = inspect_csv(test_csv, base_model=base_model)
     outputs = score_models(notes.texts, models, cache=cache, base_model=base_model)

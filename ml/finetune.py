@@ -37,7 +37,8 @@ from ml.data import (
     stratified_split,
     training_batches,
 )
-from ml.inference import predict_logits
+from ml.errors import UserError
+from ml.forward import predict_logits
 from ml.modeling import (
     METHOD_REGISTRY,
     adalora_ranks,
@@ -81,8 +82,11 @@ class TrainingCancelled(Exception):
     """The caller asked to stop (should_stop returned True); nothing was written."""
 
 
-class MethodMismatchError(ValueError):
+class MethodMismatchError(UserError):
     """A continued fine-tune must use its parent's method."""
+
+    status_code = 409
+    code = "method_mismatch"
 
 
 @dataclass
@@ -413,8 +417,8 @@ def _base_comparison(base_model, split: _Split, tuned_prob, threshold, config, d
 
 def _parent_comparison(parent, parent_dir, val: LabeledNotes, tuned_prob, threshold, device) -> dict:
     """Parent vs this model on this model's validation split: did the second fine-tune help here?"""
-    from ml.evaluation import forgetting_check
-    from ml.inference import logits_for_model_dir
+    from ml.forward import logits_for_model_dir
+    from ml.report import forgetting_check
 
     parent_prob = metric_fns.softmax_probability(
         logits_for_model_dir(parent_dir, parent, val.texts, device), parent.get("temperature", 1.0)
@@ -425,8 +429,8 @@ def _parent_comparison(parent, parent_dir, val: LabeledNotes, tuned_prob, thresh
 
 
 def _forgetting_check(parent, parent_dir, parent_train_csv, model, tokenizer, temperature, threshold, device):
-    from ml.evaluation import forgetting_check
-    from ml.inference import logits_for_model_dir
+    from ml.forward import logits_for_model_dir
+    from ml.report import forgetting_check
 
     notes, summary = inspect_csv(parent_train_csv, base_model=parent["base_model"])
     if summary.sha256 != parent["data"]["sha256"]:

@@ -15,7 +15,7 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ml.evaluation import ModelOutput
+from ml.errors import UserError
 from ml.metrics import (
     DEFAULT_ECE_BINS,
     ONE_CLASS_REASON,
@@ -24,6 +24,7 @@ from ml.metrics import (
     binary_metrics,
     roc_points,
 )
+from ml.report import ModelOutput
 
 PLOT_KINDS = ("roc", "pr", "confusion", "calibration")
 DPI = 100
@@ -191,12 +192,12 @@ _DRAWERS = {"roc": _draw_roc, "pr": _draw_pr, "confusion": _draw_confusion, "cal
 
 def _check_inputs(kind: str, labels: np.ndarray, outputs: list[ModelOutput], width_px: int, height_px: int):
     if kind not in PLOT_KINDS:
-        raise ValueError(f"unknown plot kind {str(kind)[:40]!r}: choose one of {', '.join(PLOT_KINDS)}")
+        raise UserError(f"unknown plot kind {str(kind)[:40]!r}: choose one of {', '.join(PLOT_KINDS)}")
     if not outputs:
-        raise ValueError("need at least one model to plot")
+        raise UserError("need at least one model to plot")
     low, high = PIXEL_RANGE
     if not (low <= width_px <= high and low <= height_px <= high):
-        raise ValueError(f"width and height must be between {low} and {high} pixels")
+        raise UserError(f"width and height must be between {low} and {high} pixels")
     for output in outputs:
         as_probabilities(output.prob, labels.size)
 

@@ -46,6 +46,8 @@ from pathlib import Path
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
+from ml.errors import UserError
+
 STYLES = ("narrative", "terse")
 
 # Words that would state or hint at the outcome; no generated note may contain them.
@@ -213,7 +215,7 @@ MET_SITE_RATES = (("bone", 0.65), ("lung", 0.35), ("liver", 0.35), ("brain", 0.1
 
 def check_style(style: str) -> None:
     if style not in STYLES:
-        raise ValueError(f"unknown note style {style!r}; expected one of {', '.join(STYLES)}")
+        raise UserError(f"unknown note style {style!r}; expected one of {', '.join(STYLES)}")
 
 
 def risk_for(style: str) -> RiskCoefficients:

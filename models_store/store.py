@@ -16,19 +16,22 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from ml.errors import UserError
+
 MANIFEST_NAME = "manifest.json"
 TEMP_PREFIX = ".tmp-"
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
-class ModelNotFound(LookupError):
-    pass
+class ModelNotFound(UserError, LookupError):
+    status_code = 404
+    code = "model_not_found"
 
 
 def check_model_id(model_id: str) -> str:
     """Ids become directory names: only letters, digits, '-' and '_' (no separators, no dots)."""
     if not isinstance(model_id, str) or not _SAFE_ID.match(model_id):
-        raise ValueError("a model id may only contain letters, digits, '-' and '_' (at most 64)")
+        raise UserError("a model id may only contain letters, digits, '-' and '_' (at most 64)")
     return model_id
 
 

@@ -23,11 +23,12 @@ from core.db.models import Job
 from core.db.repositories import DatasetRepository, ModelRepository
 from core.services import runs
 from core.services.jobs import progress_record
+from ml.errors import UserError
 from worker.runtime import WorkerRuntime
 
 if TYPE_CHECKING:  # imported lazily at run time: they load torch
     from ml.evaluate import EvaluationModel
-    from ml.evaluation import ModelOutput
+    from ml.report import ModelOutput
 
 log = logging.getLogger("notetune.worker")
 
@@ -36,17 +37,8 @@ PROGRESS_WRITE_INTERVAL_S = 1.0
 MAX_ERROR_CHARS = 500
 
 
-def _safe_error_types() -> tuple[type[BaseException], ...]:
-    """Errors whose messages are written for people and never quote a note."""
-    from ml.config import ConfigError
-    from ml.data import DataValidationError
-    from ml.finetune import MethodMismatchError
-
-    return (ConfigError, DataValidationError, MethodMismatchError)
-
-
 def safe_error_message(error: BaseException, job_id: str, attempt: int) -> str:
-    if isinstance(error, _safe_error_types()):
+    if isinstance(error, UserError):
         message = getattr(error, "message", None) or str(error)
         return " ".join(message.split())[:MAX_ERROR_CHARS]
     return (
@@ -258,8 +250,8 @@ def evaluation_body(runtime: WorkerRuntime, job: Job) -> None:
     report and the arrays the plots are drawn from."""
     from ml.data import inspect_csv
     from ml.evaluate import plot_arrays
-    from ml.evaluation import evaluate_outputs
     from ml.modeling import resolve_base_model
+    from ml.report import evaluate_outputs
 
     test_csv, models = _evaluation_inputs(runtime, job)
     base_model = resolve_base_model(job.base_model)
@@ -283,7 +275,7 @@ def _scored_outputs(
 ) -> list[ModelOutput]:
     """One ModelOutput per model, with the request's threshold where it overrides the stored one."""
     from ml.evaluate import score_models
-    from ml.predict import ModelCache
+    from ml.model_cache import ModelCache
 
     cache = ModelCache(max_models=len(models))
     outputs = []

@@ -29,7 +29,7 @@ def read_evaluation(
     """An evaluation report: metrics with 95% CIs per model, majority baseline and comparisons."""
     evaluation = get_evaluation(session, evaluation_id)
     if format == "csv":
-        from ml.evaluation import report_to_csv
+        from ml.report import report_to_csv
 
         return Response(
             report_to_csv(evaluation.report),

@@ -20,7 +20,7 @@ from api.strict_json import NonFiniteNumber, loads_finite, non_finite_error
 from core.db.base import utcnow
 from core.db.models import Dataset, Job, JobKind, JobStatus
 from core.db.repositories import JobEventRepository, JobRepository
-from core.errors import InvalidRequest, ServiceError
+from core.errors import InvalidRequest, QueueUnavailable
 from core.services.auth import Principal
 from core.services.datasets import forget_dataset_file, register_dataset
 from core.services.evaluations import EvaluationSpec, create_evaluation_job
@@ -41,11 +41,6 @@ IdempotencyKey = Annotated[
         description="Repeat a POST with the same key to get the same job back instead of a second one.",
     ),
 ]
-
-
-class QueueUnavailable(ServiceError):
-    status_code = 503
-    code = "queue_unavailable"
 
 
 def job_read(job: Job) -> JobRead:

@@ -7,7 +7,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from api.schemas.common import ReadModel
 
-# ml.evaluation.MAX_MODELS, repeated so importing the API schemas does not load numpy and scipy.
+# ml.report.MAX_MODELS, repeated so importing the API schemas does not load numpy and scipy.
 MAX_EVALUATED_MODELS = 8
 
 

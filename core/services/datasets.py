@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from core.db.base import utcnow
 from core.db.models import Dataset
 from core.db.repositories import DatasetRepository
-from core.errors import InvalidRequest, NotFound, PayloadTooLarge, safe_ref
+from core.errors import NotFound, PayloadTooLarge, safe_ref
 from core.settings import Settings
 
 DATASETS_SUBDIR = "datasets"
@@ -23,7 +23,7 @@ def register_dataset(
     session: Session, settings: Settings, content: bytes, filename: str | None
 ) -> tuple[Dataset, bool]:
     """Returns (dataset, created). The same bytes uploaded twice give the same dataset row."""
-    from ml.data import DataValidationError, inspect_csv
+    from ml.data import inspect_csv
 
     if len(content) > settings.max_upload_bytes:
         raise PayloadTooLarge(
@@ -35,12 +35,7 @@ def register_dataset(
     existing = repository.by_sha256(sha256)
     if existing is not None:
         return existing, False
-    try:
-        _, summary = inspect_csv(
-            content, max_length=settings.dataset_max_length, base_model=settings.base_model
-        )
-    except DataValidationError as error:
-        raise InvalidRequest(error.message, code=error.code, details=error.details) from None
+    _, summary = inspect_csv(content, max_length=settings.dataset_max_length, base_model=settings.base_model)
     relative = f"{DATASETS_SUBDIR}/{sha256}.csv"
     dataset = Dataset(
         name=_display_name(filename, sha256),

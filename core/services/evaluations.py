@@ -81,7 +81,7 @@ def create_evaluation_job(
 
 
 def _check_model_list(spec: EvaluationSpec) -> None:
-    from ml.evaluation import MAX_MODELS
+    from ml.report import MAX_MODELS
 
     if not 1 <= len(spec.models) <= MAX_MODELS:
         raise InvalidRequest(f"an evaluation compares 1 to {MAX_MODELS} models", code="model_count")

@@ -96,12 +96,9 @@ def idempotent_replay(jobs: JobRepository, api_key_id: str | None, key: str, fin
 
 
 def train_config(stage: int, method: str, hyperparameters: dict[str, Any]) -> Any:
-    from ml.config import ConfigError, TrainConfig
+    from ml.config import TrainConfig
 
-    try:
-        return TrainConfig.for_stage(stage, method, hyperparameters)
-    except ConfigError as error:
-        raise InvalidRequest(str(error), code="invalid_hyperparameters") from None
+    return TrainConfig.for_stage(stage, method, hyperparameters)
 
 
 def given_hyperparameters(config: Any, requested: dict[str, Any]) -> dict[str, Any]:
@@ -167,12 +164,9 @@ def finished_model(session: Session, model_id: str, *, role: str, use: str, code
 
 
 def _check_trainable(stored_summary: dict[str, Any], min_rows: int) -> None:
-    from ml.data import DatasetSummary, DataValidationError, check_trainable
+    from ml.data import DatasetSummary, check_trainable
 
-    try:
-        check_trainable(DatasetSummary(**stored_summary), min_rows)
-    except DataValidationError as error:
-        raise InvalidRequest(error.message, code=error.code, details=error.details) from None
+    check_trainable(DatasetSummary(**stored_summary), min_rows)
 
 
 def request_fingerprint(kind: JobKind, payload: dict[str, Any]) -> str:

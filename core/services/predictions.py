@@ -12,17 +12,12 @@ from sqlalchemy.orm import Session
 from core.db.base import utcnow
 from core.db.models import PredictionAudit
 from core.db.repositories import PredictionAuditRepository
-from core.errors import InvalidRequest, ServiceError
+from core.errors import InvalidRequest, ModelUnavailable
 from core.services.models import get_model, model_directory
 from core.settings import Settings
 from models_store.store import ModelNotFound
 
 BASE = "base"
-
-
-class ModelUnavailable(ServiceError):
-    status_code = 503
-    code = "model_unavailable"
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ import torch
 from ml.config import ConfigError, TrainConfig
 from ml.data import encode
 from ml.finetune import MethodMismatchError, TrainHooks, TrainingCancelled, class_weights, finetune
-from ml.inference import predict_logits
+from ml.forward import predict_logits
+from ml.model_cache import ModelCache
 from ml.modeling import load_for_inference, load_tokenizer
-from ml.predict import ModelCache
 
 METHODS = ("full", "lora", "adalora")
 FAST = {"epochs": 2, "max_length": 64, "batch_size": 8, "warmup_steps": 2, "lr": 1e-3}

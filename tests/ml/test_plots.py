@@ -3,8 +3,8 @@ import struct
 import numpy as np
 import pytest
 
-from ml.evaluation import ModelOutput
 from ml.plots import PLOT_KINDS, plot_png
+from ml.report import ModelOutput
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -9,9 +9,9 @@ import torch
 from ml.config import TrainConfig
 from ml.data import encode, pad_batch, sentences_of
 from ml.finetune import finetune
-from ml.inference import predict_logits
+from ml.forward import predict_logits
+from ml.model_cache import ModelCache
 from ml.modeling import load_base_classifier, load_for_inference, load_tokenizer, split_sentences
-from ml.predict import ModelCache
 
 NOTES = [
     "67-year-old woman with stage IIIA IDC. ER negative, PR negative.\nECOG 2; she lives alone.",

@@ -9,7 +9,7 @@ from sklearn.metrics import roc_auc_score
 from ml.config import TrainConfig
 from ml.data import encode, parse_labeled_csv
 from ml.finetune import finetune, split_for_training
-from ml.inference import predict_logits
+from ml.forward import predict_logits
 from ml.modeling import load_base_classifier, load_tokenizer
 from ml.probe import PROBE_C, fit_head_by_linear_probe
 

@@ -6,7 +6,7 @@ import pytest
 
 from ml.config import TrainConfig, default_base_model
 from ml.finetune import finetune
-from ml.predict import ModelCache
+from ml.model_cache import ModelCache
 
 
 @pytest.mark.slow

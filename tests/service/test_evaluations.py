@@ -11,8 +11,8 @@ import struct
 
 import pytest
 
-from ml.evaluation import FORGETTING_METRICS
 from ml.metrics import METRIC_NAMES
+from ml.report import FORGETTING_METRICS
 from tests.service.helpers import (
     SMALL_JOB,
     bearer,

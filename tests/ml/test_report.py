@@ -5,14 +5,14 @@ import json
 import numpy as np
 import pytest
 
-from ml.evaluation import (
+from ml.metrics import METRIC_NAMES, binary_metrics
+from ml.report import (
     FORGETTING_METRICS,
     ModelOutput,
     evaluate_outputs,
     forgetting_check,
     report_to_csv,
 )
-from ml.metrics import METRIC_NAMES, binary_metrics
 from ml.stats import bootstrap_ci, delong_test, paired_bootstrap_difference
 
 N_RESAMPLES = 200

@@ -17,7 +17,7 @@ import torch
 from peft import PeftModel
 
 from ml.config import DEFAULT_POOLING
-from ml.inference import DEFAULT_MAX_LENGTH, logits_for_texts
+from ml.forward import DEFAULT_MAX_LENGTH, logits_for_texts
 from ml.metrics import softmax_probability
 from ml.modeling import (
     effective_pooling,

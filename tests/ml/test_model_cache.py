@@ -7,8 +7,8 @@ import pytest
 
 from ml.config import TrainConfig
 from ml.finetune import finetune
+from ml.model_cache import ModelCache
 from ml.modeling import load_for_inference
-from ml.predict import ModelCache
 from models_store.store import read_manifest
 
 FAST = {"epochs": 1, "max_length": 64, "batch_size": 8, "warmup_steps": 1, "lr": 5e-3}
@@ -32,7 +32,7 @@ def models(tmp_path_factory, tiny_bert, narrative_csv):
 
 
 def standalone_probabilities(model_dir, texts):
-    from ml.inference import logits_for_model_dir
+    from ml.forward import logits_for_model_dir
     from ml.metrics import softmax_probability
 
     manifest = read_manifest(model_dir)
@@ -88,7 +88,7 @@ def test_peft_base_logits_equal_the_plain_base(models, tiny_bert):
     import torch
 
     from ml.data import encode
-    from ml.inference import predict_logits
+    from ml.forward import predict_logits
     from ml.modeling import load_base_classifier, load_tokenizer
 
     tokenizer = load_tokenizer(tiny_bert)
