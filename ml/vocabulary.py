@@ -1,0 +1,23 @@
+"""The words and limits every layer shares, in one module that imports nothing heavy.
+
+The CLI, the API's schemas, the services and the ML code all take these names from here, so a new
+method or a changed limit is one edit. (Roles and job states belong to the service and live with its
+database models in core/db/models.py.)
+"""
+
+from __future__ import annotations
+
+METHODS = ("full", "lora", "adalora")
+POOLINGS = ("mean", "max", "sentences", "cls")
+DEFAULT_POOLING = "sentences"
+HEAD_INITS = ("random", "linear_probe")
+PRECISIONS = ("auto", "fp32", "bf16")
+EARLY_STOPPING_METRICS = ("f1", "recall", "precision", "accuracy", "roc_auc", "specificity")
+PLOT_KINDS = ("roc", "pr", "confusion", "calibration")
+
+# Tokens per note (or per sentence, with sentence pooling) when a model does not say otherwise.
+DEFAULT_MAX_LENGTH = 256
+# How many models one evaluation may compare side by side.
+MAX_MODELS = 8
+# The name that stands for the untrained base model wherever a request lists models.
+BASE = "base"
