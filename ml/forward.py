@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -9,23 +10,37 @@ import torch
 
 from ml.config import DEFAULT_POOLING
 from ml.data import encode, inference_batches, pad_batch
-from ml.modeling import load_for_inference, load_tokenizer, pooling_of
+from ml.modeling import load_for_inference, load_tokenizer, mixed_adapters, pooling_of
 
 DEFAULT_MAX_LENGTH = 256
 
 
 @torch.inference_mode()
 def predict_logits(
-    model: torch.nn.Module, token_ids: list[list[int]], pad_id: int, batch_size: int, device: torch.device
+    model: torch.nn.Module,
+    token_ids: list[list[int]],
+    pad_id: int,
+    batch_size: int,
+    device: torch.device,
+    row_adapters: list[str] | None = None,
 ) -> np.ndarray:
-    """Logits (n, 2) for already-tokenised notes, in the order given."""
+    """Logits (n, 2) for already-tokenised notes, in the order given.
+
+    `row_adapters` names each row's adapter when `model` is a PEFT host serving several LoRA models
+    in one pass (see ml.modeling.mixed_adapters); None runs the model as it is.
+    """
     model.eval()
     logits = np.zeros((len(token_ids), 2), dtype=np.float32)
     lengths = [len(ids) for ids in token_ids]
     for indices in inference_batches(lengths, batch_size):
         batch = pad_batch([token_ids[i] for i in indices], pad_id)
         batch = {key: value.to(device) for key, value in batch.items()}
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        routing = (
+            mixed_adapters(model, [row_adapters[i] for i in indices])
+            if row_adapters is not None
+            else contextlib.nullcontext()
+        )
+        with routing, torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             output = model(**batch).logits
         logits[indices] = output.float().cpu().numpy()
     return logits

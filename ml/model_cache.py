@@ -1,13 +1,22 @@
 """Serving predictions from any model: the untrained base, a first or a second fine-tune.
 
-`ModelCache` keeps a bounded number of fine-tuned models loaded. Full models are whole copies;
-LoRA/AdaLoRA models are adapters loaded side by side onto one shared base per (base model, adapter
-type), selected with `set_adapter`, so many adapter models cost one BERT in memory.
+`ModelCache` keeps a bounded number of fine-tuned models loaded (least recently used goes first) and
+knows how each one runs. Every model is reached through a `Route`: the module that runs it (its
+executor), the adapter name its rows carry there, and how its notes are tokenised and its logits
+turned into probabilities.
+
+- LoRA models over one base (same base checkpoint and pooling) are adapters side by side on one
+  shared host, and one forward pass serves rows of many of them and of the untrained base
+  ("__base__"): each extra LoRA model costs its adapter only.
+- Full models are whole copies. AdaLoRA adapters, which PEFT cannot mix in one batch, are merged into
+  a copy of their base at load, so they run as a plain model (no extra matmuls per layer).
+
+The cache is not thread-safe: in the API one inference thread owns it (ml/serving.py); elsewhere
+(evaluation, CLI) one caller uses it at a time.
 """
 
 from __future__ import annotations
 
-import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +25,8 @@ import numpy as np
 import torch
 from peft import PeftModel
 
-from ml.config import DEFAULT_POOLING
-from ml.forward import DEFAULT_MAX_LENGTH, logits_for_texts
+from ml.data import encode
+from ml.forward import predict_logits
 from ml.metrics import softmax_probability
 from ml.modeling import (
     effective_pooling,
@@ -28,9 +37,34 @@ from ml.modeling import (
     pooling_of,
     resolve_base_model,
 )
+from ml.vocabulary import DEFAULT_MAX_LENGTH, DEFAULT_POOLING
 from models_store.store import read_manifest
 
 BASE_THRESHOLD = 0.5
+BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed batch
+Executor = tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Route:
+    """How one model's notes are scored."""
+
+    executor: Executor  # the loaded module that runs this model
+    adapter: str | None  # the row's adapter on a shared host; None on a module of its own
+    base_model: str  # whose tokenizer reads the notes
+    max_length: int
+    pooling: str
+    temperature: float
+    threshold: float
+    manifest: dict | None  # None for the untrained base
+
+    @property
+    def encoding(self) -> tuple[str, int, str]:
+        """Routes with the same encoding read the same token ids for a note."""
+        return (self.base_model, self.max_length, self.pooling)
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        return softmax_probability(logits, self.temperature)
 
 
 @dataclass
@@ -47,22 +81,15 @@ class Scored:
         ]
 
 
-@dataclass
-class _Loaded:
-    manifest: dict
-    module: torch.nn.Module | None  # a full model; None for an adapter living on a shared host
-    host_key: tuple[str, str, str] | None
-    adapter_name: str | None
-
-
 class ModelCache:
-    def __init__(self, max_models: int = 4, device: torch.device | None = None) -> None:
+    def __init__(self, max_models: int = 4, device: torch.device | None = None, batch_size: int = 64) -> None:
         self.max_models = max(1, max_models)
         self.device = device or pick_device()
-        self._lock = threading.RLock()
-        self._loaded: OrderedDict[str, _Loaded] = OrderedDict()
-        self._hosts: dict[tuple[str, str, str], PeftModel] = {}
-        self._bases: dict[str, torch.nn.Module] = {}
+        self.batch_size = batch_size
+        self._routes: OrderedDict[str, Route] = OrderedDict()  # loaded fine-tuned models, LRU order
+        self._executors: dict[Executor, torch.nn.Module] = {}
+
+    # --- one model at a time (evaluation, CLI) ---------------------------------------------------
 
     def predict(
         self,
@@ -76,73 +103,109 @@ class ModelCache:
         return self.score(model_dir, texts, base_model=base_model).as_items(threshold)
 
     def score(self, model_dir: Path | None, texts: list[str], *, base_model: str | None = None) -> Scored:
-        with self._lock:
-            if model_dir is None:
-                base = resolve_base_model(base_model)
-                pooling = effective_pooling(base, DEFAULT_POOLING)
-                logits = self._logits(self._base(base), base, texts, DEFAULT_MAX_LENGTH, pooling)
-                return Scored(softmax_probability(logits), BASE_THRESHOLD, None)
-            loaded = self._get(Path(model_dir))
-            manifest = loaded.manifest
-            module = loaded.module if loaded.module is not None else self._activate(loaded)
-            max_length = manifest["hyperparameters"].get("max_length", DEFAULT_MAX_LENGTH)
-            logits = self._logits(module, manifest["base_model"], texts, max_length, pooling_of(manifest))
-            probabilities = softmax_probability(logits, manifest.get("temperature", 1.0))
-            return Scored(probabilities, float(manifest["threshold"]), manifest)
+        route = self.route(model_dir, base_model=base_model)
+        ids = self.encode(route, texts)
+        logits = self.logits(route.executor, ids, [route.adapter] * len(ids), route.base_model)
+        return Scored(route.probabilities(logits), route.threshold, route.manifest)
+
+    # --- the parts a batcher combines ------------------------------------------------------------
+
+    def route(self, model_dir: Path | None, *, base_model: str | None = None) -> Route:
+        """Load the model if needed (evicting the least recently used) and say how it runs."""
+        if model_dir is None:
+            return self._base_route(resolve_base_model(base_model))
+        key = str(Path(model_dir).resolve())
+        if key in self._routes:
+            self._routes.move_to_end(key)
+            return self._routes[key]
+        while len(self._routes) >= self.max_models:
+            self._evict(*self._routes.popitem(last=False))
+        self._routes[key] = self._load(Path(model_dir))
+        return self._routes[key]
+
+    def encode(self, route: Route, texts: list[str]) -> list[list[int]]:
+        return encode(load_tokenizer(route.base_model), texts, route.max_length, route.pooling)
+
+    def logits(
+        self, executor: Executor, token_ids: list[list[int]], adapters: list[str | None], base_model: str
+    ) -> np.ndarray:
+        """Logits (n, 2) of one forward pass over rows that may belong to several adapters."""
+        module = self._executors[executor]
+        pad_id = load_tokenizer(base_model).pad_token_id
+        row_adapters = None if executor[0] != "host" else [name or BASE_ADAPTER for name in adapters]
+        return predict_logits(module, token_ids, pad_id, self.batch_size, self.device, row_adapters)
+
+    # --- what is loaded --------------------------------------------------------------------------
 
     def loaded_count(self) -> int:
-        return len(self._loaded)
+        return len(self._routes)
 
-    def _logits(self, module, base_model: str, texts: list[str], max_length: int, pooling: str) -> np.ndarray:
-        tokenizer = load_tokenizer(base_model)
-        return logits_for_texts(module, tokenizer, texts, max_length, self.device, pooling=pooling)
+    def executors(self, kind: str | None = None) -> list[Executor]:
+        """The loaded modules ("host": a base serving LoRA adapters, "model", "base")."""
+        return [key for key in self._executors if kind is None or key[0] == kind]
 
-    def _base(self, base_model: str) -> torch.nn.Module:
-        if base_model not in self._bases:
-            self._bases[base_model] = load_base_classifier(base_model).to(self.device).eval()
-        return self._bases[base_model]
+    def loaded_model_ids(self) -> list[str]:
+        return [route.manifest["id"] for route in self._routes.values() if route.manifest]
 
-    def _activate(self, loaded: _Loaded) -> torch.nn.Module:
-        host = self._hosts[loaded.host_key]
-        host.set_adapter(loaded.adapter_name)
-        return host
-
-    def _get(self, model_dir: Path) -> _Loaded:
-        key = str(model_dir.resolve())
-        if key in self._loaded:
-            self._loaded.move_to_end(key)
-            return self._loaded[key]
-        while len(self._loaded) >= self.max_models:
-            self._evict(*self._loaded.popitem(last=False))
-        loaded = self._load(model_dir)
-        self._loaded[key] = loaded
-        return loaded
-
-    def _load(self, model_dir: Path) -> _Loaded:
-        manifest = read_manifest(model_dir)
-        if manifest["method"] == "full":
-            module = load_classifier(model_dir, pooling_of(manifest)).to(self.device).eval()
-            return _Loaded(manifest, module, None, None)
-        host_key = (manifest["base_model"], manifest["method"], pooling_of(manifest))
-        adapter_name = f"m_{manifest['id']}"
-        host = self._hosts.get(host_key)
-        if host is None:
-            base = load_base_classifier(manifest["base_model"], pooling_of(manifest))
-            self._hosts[host_key] = PeftModel.from_pretrained(base, model_dir, adapter_name=adapter_name)
-            self._hosts[host_key].to(self.device).eval()
+    def _base_route(self, base_model: str) -> Route:
+        pooling = effective_pooling(base_model, DEFAULT_POOLING)
+        host = ("host", base_model, pooling)
+        if host in self._executors:
+            # The host's own weights are the base's (same seeded head): its "__base__" rows are the
+            # untrained base, so they share forward passes with the LoRA models.
+            executor, adapter = host, BASE_ADAPTER
         else:
-            host.load_adapter(model_dir, adapter_name=adapter_name)
-            host.to(self.device).eval()
-        return _Loaded(manifest, None, host_key, adapter_name)
+            executor, adapter = ("base", base_model, pooling), None
+            if executor not in self._executors:
+                self._executors[executor] = self._on_device(load_base_classifier(base_model, pooling))
+        return Route(executor, adapter, base_model, DEFAULT_MAX_LENGTH, pooling, 1.0, BASE_THRESHOLD, None)
 
-    def _evict(self, key: str, loaded: _Loaded) -> None:
-        if loaded.host_key is None:
+    def _load(self, model_dir: Path) -> Route:
+        manifest = read_manifest(model_dir)
+        pooling = pooling_of(manifest)
+        executor: Executor = ("model", str(model_dir.resolve()))
+        adapter = None
+        if manifest["method"] == "full":
+            self._executors[executor] = self._on_device(load_classifier(model_dir, pooling))
+        elif manifest["method"] == "adalora":
+            base = load_base_classifier(manifest["base_model"], pooling)
+            merged = PeftModel.from_pretrained(base, model_dir).merge_and_unload()
+            self._executors[executor] = self._on_device(merged)
+        else:
+            executor, adapter = ("host", manifest["base_model"], pooling), f"m_{manifest['id']}"
+            self._add_adapter(executor, model_dir, adapter)
+        return Route(
+            executor,
+            adapter,
+            manifest["base_model"],
+            int(manifest["hyperparameters"].get("max_length", DEFAULT_MAX_LENGTH)),
+            pooling,
+            float(manifest.get("temperature") or 1.0),
+            float(manifest["threshold"]),
+            manifest,
+        )
+
+    def _add_adapter(self, host_key: Executor, model_dir: Path, adapter: str) -> None:
+        host = self._executors.get(host_key)
+        if host is None:
+            base = load_base_classifier(host_key[1], host_key[2])
+            self._executors[host_key] = self._on_device(PeftModel.from_pretrained(base, model_dir, adapter))
+        else:
+            host.load_adapter(model_dir, adapter_name=adapter)
+            self._on_device(host)
+
+    def _evict(self, _key: str, route: Route) -> None:
+        if route.adapter is None:
+            del self._executors[route.executor]
             return
-        host = self._hosts[loaded.host_key]
-        remaining = [name for name in host.peft_config if name != loaded.adapter_name]
+        host = self._executors[route.executor]
+        remaining = [name for name in host.peft_config if name != route.adapter]
         if not remaining:
-            # The last adapter on this base: drop the whole host rather than leave an empty PeftModel.
-            del self._hosts[loaded.host_key]
+            # The last adapter on this host: drop the host rather than keep an empty PeftModel.
+            del self._executors[route.executor]
             return
         host.set_adapter(remaining[0])
-        host.delete_adapter(loaded.adapter_name)
+        host.delete_adapter(route.adapter)
+
+    def _on_device(self, module: torch.nn.Module) -> torch.nn.Module:
+        return module.to(self.device).eval()

@@ -8,15 +8,19 @@ continued AdaLoRA adapter keeps its learned ranks frozen.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
 from peft import AdaLoraConfig, LoraConfig, PeftConfig, PeftModel, TaskType, get_peft_model
+from peft.tuners.lora import LoraLayer
+from peft.utils.other import AuxiliaryTrainingWrapper
 from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
@@ -94,9 +98,12 @@ class BertSentencePoolingForSequenceClassification(BertForSequenceClassification
     max_length applies to each sentence.
     """
 
+    # Set by mixed_adapters: told which note each encoded sentence belongs to, before each encoder call.
+    sentence_router: Callable[[torch.Tensor], None] | None = None
+
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, **_):
         sentences = split_sentences(input_ids, attention_mask, self.sentence_start_id)
-        per_sentence = self._embed_sentences(sentences.input_ids, sentences.attention_mask)
+        per_sentence = self._embed_sentences(sentences)
         per_note = torch.zeros(
             input_ids.shape[0], per_sentence.shape[1], dtype=per_sentence.dtype, device=per_sentence.device
         ).index_add_(0, sentences.note, per_sentence)
@@ -105,14 +112,16 @@ class BertSentencePoolingForSequenceClassification(BertForSequenceClassification
         loss = F.cross_entropy(logits.float(), labels) if labels is not None else None
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
-    def _embed_sentences(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def _embed_sentences(self, sentences: Sentences) -> torch.Tensor:
         """Mean token state per sentence, encoded in groups of similar length to spare padding."""
-        lengths = attention_mask.sum(dim=1)
+        lengths = sentences.attention_mask.sum(dim=1)
         order = torch.argsort(lengths)
         pieces = []
         for group in torch.split(order, SENTENCE_GROUP):
             longest = int(lengths[group].max())
-            ids, mask = input_ids[group, :longest], attention_mask[group, :longest]
+            ids, mask = sentences.input_ids[group, :longest], sentences.attention_mask[group, :longest]
+            if self.sentence_router is not None:
+                self.sentence_router(sentences.note[group])
             hidden = self.bert(input_ids=ids, attention_mask=mask).last_hidden_state
             pieces.append(BertMeanPoolingForSequenceClassification.pool(hidden, mask))
         embedded = torch.cat(pieces)
@@ -289,6 +298,51 @@ def load_for_inference(model_dir: Path, manifest: dict) -> torch.nn.Module:
         base = load_base_classifier(manifest["base_model"], pooling_of(manifest))
         model = PeftModel.from_pretrained(base, model_dir)
     return model.eval()
+
+
+class _AdapterRouting:
+    """Which adapter each row of the encoder's input and of the head's input belongs to."""
+
+    def __init__(self, note_adapters: list[str]) -> None:
+        self.notes = note_adapters
+        self.rows = note_adapters  # whole-note poolings: the encoder's rows are the notes
+
+    def route_sentences(self, note_of_sentence: torch.Tensor) -> None:
+        self.rows = [self.notes[index] for index in note_of_sentence.tolist()]
+
+    def inject_rows(self, _module, args, kwargs):
+        return args, {**kwargs, "adapter_names": self.rows}
+
+    def inject_notes(self, _module, args, kwargs):
+        return args, {**kwargs, "adapter_names": self.notes}
+
+
+@contextlib.contextmanager
+def mixed_adapters(host: torch.nn.Module, note_adapters: list[str]) -> Iterator[None]:
+    """Run each note of the next forward pass through its own LoRA adapter of `host` ("__base__":
+    none, the untrained base), all in one pass: the shared weights multiply every row once.
+
+    PEFT's `adapter_names` argument assumes the encoder sees the batch's rows; with sentence pooling
+    it sees sentences regrouped by length, so the names are routed per encoder call here (LoRA
+    layers get one name per sentence, the classifier head one per note).
+    """
+    routing = _AdapterRouting(list(note_adapters))
+    handles = []
+    for module in host.modules():
+        if isinstance(module, LoraLayer):
+            handles.append(module.register_forward_pre_hook(routing.inject_rows, with_kwargs=True))
+        elif isinstance(module, AuxiliaryTrainingWrapper):  # the head, saved with each adapter
+            handles.append(module.register_forward_pre_hook(routing.inject_notes, with_kwargs=True))
+    classifier = host.get_base_model()
+    if isinstance(classifier, BertSentencePoolingForSequenceClassification):
+        classifier.sentence_router = routing.route_sentences
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        if isinstance(classifier, BertSentencePoolingForSequenceClassification):
+            classifier.sentence_router = None
 
 
 def trainable_parameter_count(model: torch.nn.Module) -> int:

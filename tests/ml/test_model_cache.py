@@ -48,7 +48,7 @@ def test_lora_models_share_one_base_and_match_standalone_loads(models):
         np.testing.assert_allclose(
             shared, standalone_probabilities(models / name, NOTES), rtol=1e-6, atol=1e-7
         )
-    assert len(cache._hosts) == 1 and cache.loaded_count() == 2
+    assert len(cache.executors("host")) == 1 and cache.loaded_count() == 2
 
 
 def test_each_model_gives_its_own_outputs_in_order(models):
@@ -100,3 +100,104 @@ def test_peft_base_logits_equal_the_plain_base(models, tiny_bert):
         load_base_classifier(tiny_bert), ids, tokenizer.pad_token_id, 8, torch.device("cpu")
     )
     np.testing.assert_allclose(via_adapter, plain, rtol=1e-6, atol=1e-7)
+
+
+MORE_NOTES = [
+    "Node positive. HER2 amplified; treated with trastuzumab. Lives alone",
+    "Triple negative; brain metastases. ECOG 4.\nHospice discussed.",
+    "pT1N0M0 G1 ER+/PR+",
+]
+
+
+def test_mixed_adapter_batches_equal_one_model_at_a_time(models, tiny_bert):
+    """Rows of two LoRA models and the untrained base in one forward give each model's own answers."""
+    cache = ModelCache(max_models=4)
+    texts = NOTES + MORE_NOTES
+    alone = {
+        "lora_a": cache.score(models / "lora_a", texts).probabilities,
+        "lora_b": cache.score(models / "lora_b", texts).probabilities,
+        "base": cache.score(None, texts, base_model=tiny_bert).probabilities,
+    }
+    routes = {
+        "lora_a": cache.route(models / "lora_a"),
+        "lora_b": cache.route(models / "lora_b"),
+        "base": cache.route(None, base_model=tiny_bert),
+    }
+    assert len({route.executor for route in routes.values()}) == 1, "base and LoRA share the host"
+    # Interleave: row i of the batch belongs to model i % 3, note i // 3 % len(texts).
+    names = list(routes)
+    rows = [(names[i % 3], texts[(i // 3) % len(texts)]) for i in range(3 * len(texts))]
+    ids = [cache.encode(routes[name], [text])[0] for name, text in rows]
+    route = routes["lora_a"]
+    logits = cache.logits(route.executor, ids, [routes[name].adapter for name, _ in rows], route.base_model)
+    for row, (name, text) in enumerate(rows):
+        expected = alone[name][texts.index(text)]
+        got = routes[name].probabilities(logits[row : row + 1])[0]
+        assert got == pytest.approx(expected, abs=1e-5), (name, row)
+    assert not np.allclose(alone["lora_a"], alone["lora_b"])
+
+
+def test_adalora_is_merged_and_matches_a_standalone_load(models):
+    cache = ModelCache(max_models=4)
+    merged = cache.score(models / "ada", NOTES).probabilities
+    np.testing.assert_allclose(merged, standalone_probabilities(models / "ada", NOTES), atol=1e-5)
+    assert cache.route(models / "ada").adapter is None
+
+
+def test_the_batcher_answers_concurrent_callers_exactly_and_forms_batches(models, tiny_bert):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ml.serving import BatchingOptions, MicroBatcher, ModelRequest
+
+    texts = NOTES + MORE_NOTES
+    cache = ModelCache(max_models=4)
+    expected = {
+        name: cache.score(models / name if name else None, texts, base_model=tiny_bert).probabilities
+        for name in ("lora_a", "lora_b", "full", None)
+    }
+    batcher = MicroBatcher(cache, BatchingOptions(max_wait_ms=50, max_batch_notes=64)).start()
+    try:
+
+        def ask(index: int) -> tuple[int, list[np.ndarray]]:
+            note = index % len(texts)
+            primary = ("lora_a", "lora_b", "full")[index % 3]
+            requests = [ModelRequest(models / primary), ModelRequest(None, tiny_bert)]
+            futures = batcher.submit(requests, [texts[note]])
+            return index, [future.result(timeout=60).probabilities[0] for future in futures]
+
+        with ThreadPoolExecutor(max_workers=12) as pool:
+            answers = list(pool.map(ask, range(36)))
+    finally:
+        batcher.stop()
+    for index, (primary_p, base_p) in answers:
+        note, primary = index % len(texts), ("lora_a", "lora_b", "full")[index % 3]
+        assert primary_p == pytest.approx(expected[primary][note], abs=1e-5)
+        assert base_p == pytest.approx(expected[None][note], abs=1e-5)
+    assert batcher.stats.batches < 36, "concurrent requests were batched together"
+
+
+def test_the_batcher_refuses_work_beyond_its_queue_bound(models):
+    from ml.serving import BatchingOptions, MicroBatcher, ModelRequest, ServingBusy
+
+    batcher = MicroBatcher(ModelCache(), BatchingOptions(max_queued_notes=4))  # not started: nothing drains
+    batcher.submit([ModelRequest(models / "full")], NOTES)
+    with pytest.raises(ServingBusy) as busy:
+        batcher.submit([ModelRequest(models / "full")], NOTES)
+    assert busy.value.retry_after_s >= 1
+    assert batcher.queued_notes() == len(NOTES)
+
+
+def test_a_missing_model_fails_only_its_own_caller(models, tmp_path):
+    from ml.serving import BatchingOptions, MicroBatcher, ModelRequest
+    from models_store.store import ModelNotFound
+
+    batcher = MicroBatcher(ModelCache(), BatchingOptions(max_wait_ms=50)).start()
+    try:
+        missing, present = batcher.submit(
+            [ModelRequest(tmp_path / "gone"), ModelRequest(models / "full")], NOTES
+        )
+        with pytest.raises(ModelNotFound):
+            missing.result(timeout=60)
+        assert len(present.result(timeout=60).probabilities) == len(NOTES)
+    finally:
+        batcher.stop()

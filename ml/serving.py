@@ -1,0 +1,228 @@
+"""Micro-batching: concurrent prediction requests share forward passes.
+
+A request puts one job per model it asks for on a bounded queue and waits on the jobs' futures. One
+inference thread, the only thread that touches the models and the tokenizers (fast tokenizers are
+not safe to share between threads with different truncation settings), takes jobs until a batch is
+full (`max_batch_notes`, or `max_batch_tokens` of note tokens) or `max_wait_ms` has passed since the
+first job of the batch arrived. It then groups the batch's rows by the module that runs them (the
+LoRA models and the untrained base on one shared base ride in one pass, each row with its adapter),
+runs each group sorted by length, and hands every caller its probabilities.
+
+Trade-offs of the options: a longer wait and larger batches raise throughput under load but add
+latency at low load (a lone request waits at most `max_wait_ms`); the token budget bounds the memory
+of one pass; the queue bound turns overload into a prompt "busy, retry" instead of a growing backlog.
+With `enabled=False` each job runs alone, as soon as the thread is free (one forward per request).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ml.model_cache import ModelCache, Route, Scored
+
+log = logging.getLogger("notetune.serving")
+
+
+@dataclass(frozen=True)
+class BatchingOptions:
+    enabled: bool = True
+    max_batch_notes: int = 32
+    max_batch_tokens: int = 16_384
+    max_wait_ms: float = 5.0
+    max_queued_notes: int = 1024
+
+
+class ServingBusy(Exception):
+    """The queue is full: the caller should retry after `retry_after_s`."""
+
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__(f"the prediction queue is full; retry after {retry_after_s} s")
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    """One model a request wants scores from: a saved model directory, or None for the base."""
+
+    model_dir: Path | None
+    base_model: str | None = None
+
+
+@dataclass
+class _Job:
+    model: ModelRequest
+    texts: list[str]
+    future: Future
+    queued_at: float = field(default_factory=time.monotonic)
+    route: Route | None = None
+    token_ids: list[list[int]] | None = None
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(ids) for ids in self.token_ids or ())
+
+
+@dataclass
+class BatchStats:
+    """What an operator watches; updated by the inference thread only."""
+
+    batches: int = 0
+    notes: int = 0
+    last_batch_notes: int = 0
+    on_batch: Callable[[int, int], None] | None = None  # (notes in one pass, jobs in it)
+
+    def record(self, notes: int, jobs: int) -> None:
+        self.batches += 1
+        self.notes += notes
+        self.last_batch_notes = notes
+        if self.on_batch is not None:
+            self.on_batch(notes, jobs)
+
+
+class MicroBatcher:
+    def __init__(self, cache: ModelCache, options: BatchingOptions, stats: BatchStats | None = None) -> None:
+        self.cache = cache
+        self.options = options
+        self.stats = stats or BatchStats()
+        self._jobs: deque[_Job] = deque()
+        self._queued_notes = 0
+        self._condition = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._serve, name="notetune-inference", daemon=True)
+        self._seconds_per_note = 0.05  # a running estimate, for Retry-After
+
+    # --- callers ---------------------------------------------------------------------------------
+
+    def start(self) -> MicroBatcher:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Finish the batch in hand; callers still queued are told the service is going away."""
+        with self._condition:
+            self._stopping = True
+            self._condition.notify_all()
+        self._thread.join(timeout=timeout_s)
+        with self._condition:
+            while self._jobs:
+                self._jobs.popleft().future.set_exception(ServingBusy(1))
+            self._queued_notes = 0
+
+    def submit(self, models: list[ModelRequest], texts: list[str]) -> list[Future]:
+        """Queue `texts` once per model; all or nothing, so a request is never half admitted."""
+        needed = len(texts) * len(models)
+        with self._condition:
+            if self._stopping:
+                raise ServingBusy(self._retry_after_s())
+            if self._queued_notes + needed > self.options.max_queued_notes and self._queued_notes > 0:
+                raise ServingBusy(self._retry_after_s())
+            jobs = [_Job(model, texts, Future()) for model in models]
+            self._jobs.extend(jobs)
+            self._queued_notes += needed
+            self._condition.notify()
+        return [job.future for job in jobs]
+
+    def queued_notes(self) -> int:
+        return self._queued_notes
+
+    def _retry_after_s(self) -> int:
+        return max(1, round(self._queued_notes * self._seconds_per_note))
+
+    # --- the inference thread --------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        while True:
+            batch = self._collect()
+            if batch is None:
+                return
+            started = time.monotonic()
+            self._run(batch)
+            notes = sum(len(job.texts) for job in batch)
+            elapsed = time.monotonic() - started
+            self._seconds_per_note = 0.8 * self._seconds_per_note + 0.2 * elapsed / max(1, notes)
+
+    def _collect(self) -> list[_Job] | None:
+        """Jobs for one batch: the first waiting job, then more until full or the wait is over."""
+        batch: list[_Job] = []
+        notes = tokens = 0
+        while True:
+            job = self._next_job(deadline=batch[0].queued_at + self._max_wait_s() if batch else None)
+            if job is None:
+                if batch or self._stopping:
+                    return batch or None
+                continue
+            self._prepare(job)
+            batch.append(job)
+            notes += len(job.texts)
+            tokens += job.tokens
+            if self._full(notes, tokens):
+                return batch
+
+    def _next_job(self, deadline: float | None) -> _Job | None:
+        with self._condition:
+            while not self._jobs:
+                if self._stopping:
+                    return None
+                if deadline is None:
+                    self._condition.wait(timeout=1.0)
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self._condition.wait(timeout=remaining):
+                    return None
+            job = self._jobs.popleft()
+            self._queued_notes -= len(job.texts)
+            return job
+
+    def _full(self, notes: int, tokens: int) -> bool:
+        if not self.options.enabled:
+            return True
+        return notes >= self.options.max_batch_notes or tokens >= self.options.max_batch_tokens
+
+    def _max_wait_s(self) -> float:
+        return self.options.max_wait_ms / 1000.0 if self.options.enabled else 0.0
+
+    def _prepare(self, job: _Job) -> None:
+        """Load the job's model and tokenise its notes (here, in the inference thread)."""
+        try:
+            job.route = self.cache.route(job.model.model_dir, base_model=job.model.base_model)
+            job.token_ids = self.cache.encode(job.route, job.texts)
+        except Exception as error:  # a missing model fails its own callers only
+            job.future.set_exception(error)
+
+    def _run(self, batch: list[_Job]) -> None:
+        ready = [job for job in batch if not job.future.done()]
+        groups: dict[tuple, list[_Job]] = {}
+        for job in ready:
+            assert job.route is not None
+            groups.setdefault(job.route.executor, []).append(job)
+        for executor, jobs in groups.items():
+            self._run_group(executor, jobs)
+        self.stats.record(sum(len(job.texts) for job in ready), len(ready))
+
+    def _run_group(self, executor: tuple, jobs: list[_Job]) -> None:
+        ids = [row for job in jobs for row in job.token_ids or ()]
+        adapters = [job.route.adapter for job in jobs for _ in job.texts]
+        try:
+            logits = self.cache.logits(executor, ids, adapters, jobs[0].route.base_model)
+        except Exception as error:
+            log.error("a forward pass failed with %s", type(error).__name__)
+            for job in jobs:
+                job.future.set_exception(error)
+            return
+        start = 0
+        for job in jobs:
+            rows = logits[start : start + len(job.texts)]
+            start += len(job.texts)
+            route = job.route
+            job.future.set_result(
+                Scored(route.probabilities(np.asarray(rows)), route.threshold, route.manifest)
+            )
