@@ -11,9 +11,11 @@ from typing import Any
 
 from celery import Celery
 
-from core.db.models import Job
-from core.services.jobs import TASK_NAMES
+from core.db.models import Job, JobKind
 from core.settings import Settings
+
+# The task each kind of job runs as: the names the worker registers its tasks under.
+TASK_NAMES: dict[JobKind, str] = {JobKind.finetune: "training.run", JobKind.evaluate: "evaluation.run"}
 
 
 def broker_transport_options(settings: Settings) -> dict[str, Any]:

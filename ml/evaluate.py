@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,8 +13,7 @@ from ml.errors import UserError
 from ml.model_cache import ModelCache
 from ml.modeling import resolve_base_model
 from ml.report import ModelOutput, evaluate_outputs
-
-MAX_MODELS = 8
+from ml.vocabulary import MAX_MODELS
 
 
 @dataclass(frozen=True)
@@ -21,16 +21,38 @@ class EvaluationModel:
     name: str
     model_id: str | None
     model_dir: Path | None  # None = the untrained base model
+    threshold: float | None = None  # the caller's decision threshold; None = the model's stored one
+
+
+@dataclass
+class EvaluationHooks:
+    # Asked before each model and once after the last, so a cancel lands between two models.
+    should_stop: Callable[[], bool] | None = None
+
+
+class EvaluationCancelled(Exception):
+    """The caller asked to stop (should_stop returned True); no report was made."""
 
 
 def score_models(
-    texts: list[str], models: list[EvaluationModel], *, cache: ModelCache, base_model: str | None = None
+    texts: list[str],
+    models: list[EvaluationModel],
+    *,
+    cache: ModelCache,
+    base_model: str | None = None,
+    hooks: EvaluationHooks | None = None,
 ) -> list[ModelOutput]:
-    """P(died) per note for each model (temperature applied), with each model's stored threshold."""
+    """P(died) per note for each model (temperature applied), with each model's threshold."""
+    should_stop = (hooks or EvaluationHooks()).should_stop or (lambda: False)
     outputs = []
     for model in models:
+        if should_stop():
+            raise EvaluationCancelled()
         scored = cache.score(model.model_dir, texts, base_model=base_model)
-        outputs.append(ModelOutput(model.name, model.model_id, scored.probabilities, scored.threshold))
+        threshold = scored.threshold if model.threshold is None else model.threshold
+        outputs.append(ModelOutput(model.name, model.model_id, scored.probabilities, threshold))
+    if should_stop():
+        raise EvaluationCancelled()
     return outputs
 
 
@@ -42,6 +64,7 @@ def evaluate_models(
     base_model: str | None = None,
     n_resamples: int = 1000,
     seed: int = 0,
+    hooks: EvaluationHooks | None = None,
 ) -> tuple[dict, dict[str, np.ndarray]]:
     """(report, arrays): the JSON report, and y_true plus each model's probabilities for plots."""
     if not 1 <= len(models) <= MAX_MODELS:
@@ -51,9 +74,11 @@ def evaluate_models(
         raise UserError("model names in one evaluation must be unique")
     base_model = resolve_base_model(base_model)
     notes, summary = inspect_csv(test_csv, base_model=base_model)
-    outputs = score_models(notes.texts, models, cache=cache, base_model=base_model)
+    outputs = score_models(notes.texts, models, cache=cache, base_model=base_model, hooks=hooks)
     report = evaluate_outputs(notes.labels, outputs, n_resamples=n_resamples, seed=seed)
     report["data"] = summary.to_dict()
+    for entry, model in zip(report["models"], models, strict=True):
+        entry["threshold_source"] = "stored" if model.threshold is None else "request"
     return report, plot_arrays(notes.labels, outputs)
 
 

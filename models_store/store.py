@@ -2,7 +2,8 @@
 
 A model directory only ever appears whole: writers fill a hidden temporary sibling and rename it
 into place (a rename within one filesystem is atomic), so a crash mid-write leaves a `.tmp-*`
-directory that `sweep_partials` removes, never a half model under a real id.
+directory, never a half model under a real id. A failed or cancelled job's partials go with
+`ModelStore.remove`; any others are swept by `sweep_partials` when a worker starts.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -66,7 +68,7 @@ def read_manifest(directory: Path) -> dict:
 
 
 class ModelStore:
-    """The model store root; every path in it is derived from a checked id."""
+    """The model store root: a model's directory is its checked id below it."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -74,22 +76,25 @@ class ModelStore:
     def path_for(self, model_id: str) -> Path:
         return self.root / check_model_id(model_id)
 
-    def exists(self, model_id: str) -> bool:
-        return (self.path_for(model_id) / MANIFEST_NAME).is_file()
-
-    def read_manifest(self, model_id: str) -> dict:
-        return read_manifest(self.path_for(model_id))
-
     def remove(self, model_id: str) -> None:
+        """Delete the model's directory and any partial write of it (either may be absent)."""
         shutil.rmtree(self.path_for(model_id), ignore_errors=True)
         for partial in self.root.glob(f"{TEMP_PREFIX}{model_id}-*"):
             shutil.rmtree(partial, ignore_errors=True)
 
-    def sweep_partials(self) -> int:
-        """Delete temporary directories left by a crashed writer; returns how many."""
+    def sweep_partials(self, older_than_s: float = 0.0) -> int:
+        """Delete temporary directories left by a crashed writer; returns how many.
+
+        Workers may share one store: `older_than_s` spares a partial that another, live worker may
+        still be writing (nothing writes for longer than a job may run)."""
         if not self.root.is_dir():
             return 0
-        partials = [p for p in self.root.iterdir() if p.name.startswith(TEMP_PREFIX) and p.is_dir()]
+        cutoff = time.time() - older_than_s
+        partials = [
+            path
+            for path in self.root.iterdir()
+            if path.name.startswith(TEMP_PREFIX) and path.is_dir() and path.stat().st_mtime <= cutoff
+        ]
         for partial in partials:
             shutil.rmtree(partial, ignore_errors=True)
         return len(partials)

@@ -11,7 +11,7 @@ from typing import Any
 
 from celery import Celery, signals
 
-from core.queue import create_celery
+from core.queue import JobQueue, create_celery
 from core.settings import Settings
 from worker.monitor import WorkerMonitor
 from worker.runtime import RuntimeHolder, worker_name
@@ -42,8 +42,13 @@ def _fresh_runtime_after_fork(**_: Any) -> None:
 
 
 @signals.worker_ready.connect
-def _start_monitor(sender: Any = None, **_: Any) -> None:
-    monitor = WorkerMonitor(runtime_holder.get(), app, worker_name(getattr(sender, "hostname", None)))
+def _on_worker_ready(sender: Any = None, **_: Any) -> None:
+    runtime = runtime_holder.get()
+    swept = runtime.sweep_partial_models()
+    if swept:
+        log.warning("removed %d partial model directories left by a crashed write", swept)
+    queue = JobQueue(app, runtime.settings.queue_name)
+    monitor = WorkerMonitor(runtime, queue, worker_name(getattr(sender, "hostname", None)))
     monitor.start()
     _monitors.append(monitor)
     log.info("worker ready: consuming queue %s", app.conf.task_default_queue)

@@ -1,4 +1,4 @@
-"""Running one job inside a worker: claim, train with heartbeats and progress, record the outcome.
+"""Running one job inside a worker: claim, run under a heartbeat with progress, record the outcome.
 
 Note text never leaves this module in a log line, an error message or a task argument: errors are
 stored as a one-line message chosen here, and logged tracebacks keep the stack without the message.
@@ -12,23 +12,15 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from celery.exceptions import SoftTimeLimitExceeded
 
 from core.db.models import Job
-from core.db.repositories import DatasetRepository, ModelRepository
 from core.services import runs
 from core.services.jobs import progress_record
 from ml.errors import UserError
 from worker.runtime import WorkerRuntime
-
-if TYPE_CHECKING:  # imported lazily at run time: they load torch
-    from ml.evaluate import EvaluationModel
-    from ml.report import ModelOutput
 
 log = logging.getLogger("notetune.worker")
 
@@ -79,7 +71,7 @@ class JobHeartbeat:
 
 
 class RunWatcher:
-    """The training hooks: progress to the database, and 'stop' when cancelled or no longer ours."""
+    """A run's hooks: progress to the database, and 'stop' when cancelled or no longer ours."""
 
     def __init__(self, runtime: WorkerRuntime, job_id: str, attempt: int) -> None:
         self.runtime, self.job_id, self.attempt = runtime, job_id, attempt
@@ -93,8 +85,7 @@ class RunWatcher:
             return self._stop
         self._last_check = now
         with self.runtime.database.session() as session:
-            state = runs.run_state(session, self.job_id)
-        self._stop = state is None or state.cancel_requested or not state.owned_by(self.attempt)
+            self._stop = runs.stop_requested(session, self.job_id, self.attempt)
         return self._stop
 
     def on_progress(self, progress) -> None:
@@ -120,14 +111,6 @@ class RunWatcher:
             runs.record_progress(session, self.job_id, self.attempt, record, epoch_metrics)
 
 
-@dataclass(frozen=True)
-class FinetuneInputs:
-    job: Job
-    train_csv: Path
-    parent_dir: Path | None
-    parent_train_csv: Path | None
-
-
 def run_job(
     runtime: WorkerRuntime, job_id: str, worker: str, body: Callable[[WorkerRuntime, Job], None]
 ) -> None:
@@ -148,13 +131,19 @@ def run_job(
                 runtime, job, attempt, f"the job ran past its time limit of {limit} s and was stopped"
             )
         except Exception as error:
-            from ml.finetune import TrainingCancelled
-
-            if isinstance(error, TrainingCancelled | EvaluationCancelled):
+            if _is_cancellation(error):
                 _finish_cancelled(runtime, job, attempt)
             else:
                 log_failure(job_id, attempt, error)
                 _finish_failed(runtime, job, attempt, safe_error_message(error, job_id, attempt))
+
+
+def _is_cancellation(error: Exception) -> bool:
+    """The run stopped because its hooks said so (a cancel, or the job is no longer this run's)."""
+    from ml.evaluate import EvaluationCancelled
+    from ml.finetune import TrainingCancelled
+
+    return isinstance(error, TrainingCancelled | EvaluationCancelled)
 
 
 def _finish_failed(runtime: WorkerRuntime, job: Job, attempt: int, error: str) -> None:
@@ -182,7 +171,8 @@ def finetune_body(runtime: WorkerRuntime, job: Job) -> None:
     from ml.config import TrainConfig
     from ml.finetune import TrainHooks, finetune
 
-    inputs = _finetune_inputs(runtime, job)
+    with runtime.database.session() as session:
+        inputs = runs.finetune_inputs(session, runtime.settings, job)
     assert job.output_model_id is not None and job.method is not None and job.stage is not None
     # An earlier attempt that died mid-write may have left a temporary directory behind.
     runtime.store.remove(job.output_model_id)
@@ -207,8 +197,7 @@ def finetune_body(runtime: WorkerRuntime, job: Job) -> None:
         return
     # Cancelled after the last step, or reaped: no model row, so the files go too.
     runtime.store.remove(job.output_model_id)
-    with runtime.database.transaction() as session:
-        cancelled = runs.record_cancelled_if_requested(session, job.id, job.attempt)
+    cancelled = _record_cancel_if_requested(runtime, job)
     log.info(
         "job %s attempt %d finished training but was not recorded (cancelled: %s)",
         job.id,
@@ -217,110 +206,35 @@ def finetune_body(runtime: WorkerRuntime, job: Job) -> None:
     )
 
 
-def _finetune_inputs(runtime: WorkerRuntime, job: Job) -> FinetuneInputs:
-    data_root = runtime.settings.data_dir.resolve()
-    with runtime.database.session() as session:
-        datasets, models = DatasetRepository(session), ModelRepository(session)
-        train = datasets.get(job.train_dataset_id or "")
-        if train is None:
-            raise LookupError("training dataset row is missing")
-        parent_dir = parent_train_csv = None
-        if job.parent_model_id is not None:
-            parent = models.get(job.parent_model_id)
-            if parent is None:
-                raise LookupError("parent model row is missing")
-            parent_dir = runtime.store.root / parent.path
-            parent_data = datasets.get(parent.train_dataset_id) if parent.train_dataset_id else None
-            parent_train_csv = data_root / parent_data.path if parent_data is not None else None
-        return FinetuneInputs(job, data_root / train.path, parent_dir, parent_train_csv)
-
-
-@dataclass(frozen=True)
-class EvaluatedModel:
-    model: EvaluationModel
-    threshold_override: float | None
-
-
-class EvaluationCancelled(Exception):
-    """Raised between two models when the job was cancelled (or is no longer this run's)."""
-
-
 def evaluation_body(runtime: WorkerRuntime, job: Job) -> None:
     """Score the test set one model at a time (stopping between models if cancelled), then store the
     report and the arrays the plots are drawn from."""
-    from ml.data import inspect_csv
-    from ml.evaluate import plot_arrays
-    from ml.modeling import resolve_base_model
-    from ml.report import evaluate_outputs
-
-    test_csv, models = _evaluation_inputs(runtime, job)
-    base_model = resolve_base_model(job.base_model)
-    notes, summary = inspect_csv(test_csv, base_model=base_model)
-    outputs = _scored_outputs(runtime, job, notes.texts, models, base_model)
-    options = job.evaluation_options or {}
-    report = evaluate_outputs(
-        notes.labels,
-        outputs,
-        n_resamples=int(options.get("n_resamples", 1000)),
-        seed=int(options.get("seed", 0)),
-    )
-    report["data"] = summary.to_dict()
-    for entry, model in zip(report["models"], models, strict=True):
-        entry["threshold_source"] = "stored" if model.threshold_override is None else "request"
-    _store_evaluation(runtime, job, report, plot_arrays(notes.labels, outputs))
-
-
-def _scored_outputs(
-    runtime: WorkerRuntime, job: Job, texts: list[str], models: list[EvaluatedModel], base_model: str
-) -> list[ModelOutput]:
-    """One ModelOutput per model, with the request's threshold where it overrides the stored one."""
-    from ml.evaluate import score_models
+    from ml.evaluate import EvaluationHooks, EvaluationModel, evaluate_models
     from ml.model_cache import ModelCache
 
-    cache = ModelCache(max_models=len(models))
-    outputs = []
-    for evaluated in models:
-        if _stop_requested(runtime, job):
-            raise EvaluationCancelled
-        [output] = score_models(texts, [evaluated.model], cache=cache, base_model=base_model)
-        if evaluated.threshold_override is not None:
-            output = replace(output, threshold=evaluated.threshold_override)
-        outputs.append(output)
-    if _stop_requested(runtime, job):
-        raise EvaluationCancelled
-    return outputs
-
-
-def _stop_requested(runtime: WorkerRuntime, job: Job) -> bool:
     with runtime.database.session() as session:
-        state = runs.run_state(session, job.id)
-    return state is None or state.cancel_requested or not state.owned_by(job.attempt)
-
-
-def _evaluation_inputs(runtime: WorkerRuntime, job: Job) -> tuple[Path, list[EvaluatedModel]]:
-    from ml.evaluate import EvaluationModel
-
-    with runtime.database.session() as session:
-        test = DatasetRepository(session).get(job.test_dataset_id or "")
-        if test is None:
-            raise LookupError("test dataset row is missing")
-        models = []
-        for entry in job.evaluation_models or []:
-            model_dir = None
-            if entry.get("model_id"):
-                row = ModelRepository(session).get(entry["model_id"])
-                if row is None:
-                    raise LookupError("an evaluated model row is missing")
-                model_dir = runtime.store.root / row.path
-            model = EvaluationModel(name=entry["name"], model_id=entry.get("model_id"), model_dir=model_dir)
-            models.append(EvaluatedModel(model, entry.get("threshold_override")))
-        return runtime.settings.data_dir.resolve() / test.path, models
+        inputs = runs.evaluation_inputs(session, runtime.settings, job)
+    models = [
+        EvaluationModel(model.name, model.model_id, model.model_dir, threshold=model.threshold)
+        for model in inputs.models
+    ]
+    watcher = RunWatcher(runtime, job.id, job.attempt)
+    report, arrays = evaluate_models(
+        inputs.test_csv,
+        models,
+        cache=ModelCache(max_models=len(models)),
+        base_model=job.base_model,
+        n_resamples=inputs.n_resamples,
+        seed=inputs.seed,
+        hooks=EvaluationHooks(should_stop=watcher.should_stop),
+    )
+    _store_evaluation(runtime, job, report, arrays)
 
 
 def _store_evaluation(runtime: WorkerRuntime, job: Job, report: dict, arrays: dict[str, np.ndarray]) -> None:
     evaluation_id = uuid.uuid4().hex
     relative = f"evaluations/{evaluation_id}.npz"
-    target = runtime.settings.data_dir.resolve() / relative
+    target = runtime.settings.stored_file(relative)
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_name(f".{target.name}.tmp.npz")
     np.savez(temporary, **arrays)
@@ -329,5 +243,10 @@ def _store_evaluation(runtime: WorkerRuntime, job: Job, report: dict, arrays: di
         recorded = runs.record_evaluation_success(session, job, job.attempt, evaluation_id, report, relative)
     if not recorded:
         target.unlink(missing_ok=True)
-        with runtime.database.transaction() as session:
-            runs.record_cancelled_if_requested(session, job.id, job.attempt)
+        _record_cancel_if_requested(runtime, job)
+
+
+def _record_cancel_if_requested(runtime: WorkerRuntime, job: Job) -> bool:
+    """A run that finished but was not recorded: it ends as cancelled if that is why."""
+    with runtime.database.transaction() as session:
+        return runs.record_cancelled_if_requested(session, job.id, job.attempt)

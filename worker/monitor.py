@@ -12,21 +12,20 @@ import socket
 import threading
 import time
 
-from celery import Celery
-
 from core.db.base import utcnow
 from core.db.models import Job
 from core.db.repositories import WorkerRepository
-from core.services.jobs import TASK_NAMES, queued_jobs_to_resend, reap_stale_jobs
+from core.queue import JobQueue
+from core.services.jobs import queued_jobs_to_resend, reap_stale_jobs
 from worker.runtime import WorkerRuntime
 
 log = logging.getLogger("notetune.worker.monitor")
 
 
 class WorkerMonitor:
-    def __init__(self, runtime: WorkerRuntime, celery: Celery, name: str) -> None:
+    def __init__(self, runtime: WorkerRuntime, queue: JobQueue, name: str) -> None:
         self.runtime = runtime
-        self.celery = celery
+        self.queue = queue
         self.name = name
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="notetune-monitor", daemon=True)
@@ -83,6 +82,6 @@ class WorkerMonitor:
     def _send(self, job: Job) -> None:
         """One job's message; a failure is logged and left to the next periodic re-send."""
         try:
-            self.celery.send_task(TASK_NAMES[job.kind], args=[job.id], queue=self.runtime.settings.queue_name)
+            self.queue.enqueue(job)
         except Exception as error:
             log.warning("could not send job %s to the queue (%s)", job.id, type(error).__name__)

@@ -22,6 +22,11 @@ class WorkerRuntime:
         self.database = Database(self.settings.sqlalchemy_url)
         self.store = ModelStore(self.settings.models_root)
 
+    def sweep_partial_models(self) -> int:
+        """Remove partial model writes that no live worker can still be writing: a write happens inside
+        a job, and no job runs past its hard time limit."""
+        return self.store.sweep_partials(older_than_s=self.settings.job_hard_time_limit_s)
+
 
 class RuntimeHolder:
     """One runtime per process; `reset` after fork so a child never reuses its parent's connections."""

@@ -27,8 +27,6 @@ from core.errors import Conflict, InvalidRequest, NotFound, safe_ref
 from core.services.datasets import get_dataset
 from core.settings import Settings
 
-TASK_NAMES: dict[JobKind, str] = {JobKind.finetune: "training.run", JobKind.evaluate: "evaluation.run"}
-
 
 @dataclass(frozen=True)
 class FinetuneSpec:

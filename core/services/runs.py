@@ -1,4 +1,4 @@
-"""What a worker records while it runs a job: claim, progress, and the final state.
+"""What a worker reads and records while it runs a job: its input files, claim, progress, the outcome.
 
 Each function is one step of a run and is called inside its own short transaction by the worker,
 so the API sees progress as it happens. Every write is conditional on the run still owning the
@@ -9,14 +9,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from core.db.base import utcnow
 from core.db.models import Evaluation, Job, JobStatus, Model
-from core.db.repositories import EvaluationRepository, JobEventRepository, JobRepository, ModelRepository
+from core.db.repositories import (
+    DatasetRepository,
+    EvaluationRepository,
+    JobEventRepository,
+    JobRepository,
+    ModelRepository,
+)
 from core.services.jobs import json_safe
+from core.settings import Settings
 
 # Manifest entries that summarise how well a model did; stored on the job and on the model row.
 METRIC_KEYS = (
@@ -33,6 +41,29 @@ METRIC_KEYS = (
     "trainable_parameters",
     "adalora_ranks",
 )
+
+
+@dataclass(frozen=True)
+class FinetuneInputs:
+    train_csv: Path
+    parent_dir: Path | None  # None for a first fine-tune
+    parent_train_csv: Path | None  # None when there is no parent, or its dataset row is gone
+
+
+@dataclass(frozen=True)
+class ModelToEvaluate:
+    name: str
+    model_id: str | None
+    model_dir: Path | None  # None = the untrained base model
+    threshold: float | None  # the request's threshold; None = the model's stored one
+
+
+@dataclass(frozen=True)
+class EvaluationInputs:
+    test_csv: Path
+    models: list[ModelToEvaluate]
+    n_resamples: int
+    seed: int
 
 
 @dataclass(frozen=True)
@@ -62,6 +93,12 @@ def claim(session: Session, job_id: str, worker: str) -> Job | None:
 def run_state(session: Session, job_id: str) -> RunState | None:
     state = JobRepository(session).run_state(job_id)
     return RunState(*state) if state is not None else None
+
+
+def stop_requested(session: Session, job_id: str, attempt: int) -> bool:
+    """True when the run should stop: the job was cancelled, or it is no longer this attempt's."""
+    state = run_state(session, job_id)
+    return state is None or state.cancel_requested or not state.owned_by(attempt)
 
 
 def heartbeat(session: Session, job_id: str, attempt: int, now: datetime | None = None) -> bool:
@@ -168,3 +205,47 @@ def record_cancelled(session: Session, job_id: str, attempt: int) -> bool:
         return False
     JobEventRepository(session).add(job_id, "state", attempt=attempt, data={"status": "cancelled"})
     return True
+
+
+def finetune_inputs(session: Session, settings: Settings, job: Job) -> FinetuneInputs:
+    """The files a fine-tune reads: its training CSV and, when it continues a model, the parent's."""
+    datasets = DatasetRepository(session)
+    train = datasets.get(job.train_dataset_id or "")
+    if train is None:
+        raise LookupError("training dataset row is missing")
+    if job.parent_model_id is None:
+        return FinetuneInputs(settings.stored_file(train.path), None, None)
+    parent = ModelRepository(session).get(job.parent_model_id)
+    if parent is None:
+        raise LookupError("parent model row is missing")
+    parent_data = datasets.get(parent.train_dataset_id) if parent.train_dataset_id else None
+    return FinetuneInputs(
+        settings.stored_file(train.path),
+        settings.stored_model(parent.path),
+        settings.stored_file(parent_data.path) if parent_data is not None else None,
+    )
+
+
+def evaluation_inputs(session: Session, settings: Settings, job: Job) -> EvaluationInputs:
+    """The test CSV, each listed model's directory and threshold, and the report's options."""
+    test = DatasetRepository(session).get(job.test_dataset_id or "")
+    if test is None:
+        raise LookupError("test dataset row is missing")
+    models = [_model_to_evaluate(session, settings, entry) for entry in job.evaluation_models or []]
+    options = job.evaluation_options or {}
+    return EvaluationInputs(
+        settings.stored_file(test.path),
+        models,
+        n_resamples=int(options.get("n_resamples", 1000)),
+        seed=int(options.get("seed", 0)),
+    )
+
+
+def _model_to_evaluate(session: Session, settings: Settings, entry: dict[str, Any]) -> ModelToEvaluate:
+    model_dir = None
+    if entry.get("model_id"):
+        row = ModelRepository(session).get(entry["model_id"])
+        if row is None:
+            raise LookupError("an evaluated model row is missing")
+        model_dir = settings.stored_model(row.path)
+    return ModelToEvaluate(entry["name"], entry.get("model_id"), model_dir, entry.get("threshold_override"))
