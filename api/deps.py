@@ -6,16 +6,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from api.schemas.common import PageQuery
 from core.db.models import Role
 from core.db.session import Database
 from core.queue import JobQueue
 from core.services.auth import Principal, authenticate, authorize
 from core.settings import Settings
-from models_store.store import ModelStore
 
 
 @dataclass
@@ -25,7 +26,6 @@ class ApiRuntime:
     settings: Settings
     database: Database
     queue: JobQueue
-    store: ModelStore
     model_cache: object  # ml.model_cache.ModelCache, imported lazily (torch)
 
 
@@ -78,15 +78,39 @@ TrainerDep = Annotated[Principal, Depends(require(Role.trainer))]
 PredictorDep = Annotated[Principal, Depends(require(Role.predictor))]
 
 
-def get_store(runtime: RuntimeDep) -> ModelStore:
-    return runtime.store
+# The page size limit is a setting, read per request; the schema documents its default.
+DOCUMENTED_PAGE_SIZE_LIMIT = Settings.model_fields["page_size_limit"].default
 
 
-StoreDep = Annotated[ModelStore, Depends(get_store)]
+def pagination(default_limit: int):
+    """offset/limit query parameters, the limit bounded by Settings.page_size_limit."""
+
+    def page(
+        settings: SettingsDep,
+        offset: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[
+            int,
+            Query(
+                ge=1,
+                description="Items per page, at most the service's page size limit.",
+                json_schema_extra={"maximum": DOCUMENTED_PAGE_SIZE_LIMIT},
+            ),
+        ] = default_limit,
+    ) -> PageQuery:
+        if limit > settings.page_size_limit:
+            raise RequestValidationError(
+                [
+                    {
+                        "loc": ("query", "limit"),
+                        "msg": f"Input should be less than or equal to {settings.page_size_limit}",
+                        "type": "less_than_equal",
+                    }
+                ]
+            )
+        return PageQuery(offset=offset, limit=limit)
+
+    return page
 
 
-def get_queue(runtime: RuntimeDep) -> JobQueue:
-    return runtime.queue
-
-
-QueueDep = Annotated[JobQueue, Depends(get_queue)]
+PageDep = Annotated[PageQuery, Depends(pagination(default_limit=50))]
+EventPageDep = Annotated[PageQuery, Depends(pagination(default_limit=100))]

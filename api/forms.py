@@ -1,4 +1,5 @@
-"""Multipart job requests: a CSV in the `file` field, the other request fields as form fields.
+"""Uploaded files, and multipart job requests: a CSV in the `file` field, the other request fields
+as form fields.
 
 A form carries only strings, so structured fields arrive as JSON text (`hyperparameters`,
 `thresholds`) and a list either as JSON text or as the same field repeated (`models`).
@@ -13,9 +14,10 @@ from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 
-from api.routes.datasets import read_upload
 from api.strict_json import NonFiniteNumber, loads_finite, non_finite_error
 from core.errors import InvalidRequest
+from core.services.datasets import check_upload_size
+from core.services.submissions import Upload
 
 MAX_FORM_FIELDS = 40  # room for a repeated `models` field (up to 8) beside the others
 
@@ -31,9 +33,15 @@ class FormShape:
 
 @dataclass(frozen=True)
 class InlineUpload:
-    content: bytes
-    filename: str | None
+    file: Upload
     fields: dict[str, Any]
+
+
+def read_upload(upload: UploadFile, limit: int) -> bytes:
+    """Read at most limit + 1 bytes, so an oversized upload is refused without holding it all."""
+    content = upload.file.read(limit + 1)
+    check_upload_size(len(content), limit)
+    return content
 
 
 def is_multipart(request: Request) -> bool:
@@ -48,7 +56,7 @@ async def read_inline_upload(request: Request, shape: FormShape, max_bytes: int)
             f"the form needs a 'file' field with the {shape.file_description}", code="file_required"
         )
     content = await run_in_threadpool(read_upload, upload, max_bytes)
-    return InlineUpload(content, upload.filename, form_fields(form, shape))
+    return InlineUpload(Upload(content, upload.filename), form_fields(form, shape))
 
 
 def form_fields(form: FormData, shape: FormShape) -> dict[str, Any]:

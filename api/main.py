@@ -14,7 +14,6 @@ from api.routes import datasets, evaluations, jobs, keys, models, predict, syste
 from core.db.session import Database
 from core.queue import JobQueue
 from core.settings import Settings
-from models_store.store import ModelStore
 
 DESCRIPTION = """
 Fine-tune BERT classifiers (full, LoRA, AdaLoRA) on labelled clinical notes, continue them on new
@@ -41,7 +40,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings=settings,
             database=database,
             queue=queue,
-            store=ModelStore(settings.models_root),
             model_cache=ModelCache(max_models=settings.model_cache_size),
         )
         try:

@@ -56,7 +56,9 @@ class ServingCollector(Collector):
 
     def collect(self):
         yield GaugeMetricFamily(
-            "notetune_predict_queue_notes", "Notes waiting for the inference thread.", value=self.queued_notes()
+            "notetune_predict_queue_notes",
+            "Notes waiting for the inference thread.",
+            value=self.queued_notes(),
         )
         yield GaugeMetricFamily(
             "notetune_models_loaded",

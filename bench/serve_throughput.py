@@ -370,13 +370,15 @@ def main() -> None:
         serialisable = {
             mode: {f"{s}@{c}": row for (s, c), row in rows.items()} for mode, rows in results.items()
         }
-        args.out.write_text(json.dumps({"service": serialisable, "in_process": inproc, "memory": memory}, indent=2))
+        args.out.write_text(
+            json.dumps({"service": serialisable, "in_process": inproc, "memory": memory}, indent=2)
+        )
     shutil.rmtree(workdir, ignore_errors=True)
 
 
 def report(results: dict, inproc: dict, memory: dict, levels: list[int], scenarios: list[str]) -> None:
-    print("\nin-process, full model:", f"single note {inproc['single_note_median_ms']:.1f} ms;",
-          "notes/s by batch", {b: round(v, 1) for b, v in inproc["notes_per_s_by_batch"].items()})  # fmt: skip
+    by_batch = {b: round(v, 1) for b, v in inproc["notes_per_s_by_batch"].items()}
+    print(f"\nin-process, full model: single note {inproc['single_note_median_ms']:.1f} ms;", by_batch)
     print("\n| scenario | clients | batched req/s | unbatched req/s | batched / unbatched | batched notes/s "
           "| of ceiling | p50 / p99 ms | errors | /healthz p99 ms | mean batch |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|---|")

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from core.settings import Settings
 
 
 def add_service_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -16,7 +24,9 @@ def add_service_commands(subparsers: argparse._SubParsersAction) -> None:
     keys = subparsers.add_parser("keys", help="manage API keys")
     key_commands = keys.add_subparsers(dest="keys_command", required=True)
     create = key_commands.add_parser("create", help="create an API key and print it (shown once)")
-    create.add_argument("--role", choices=("admin", "trainer", "predictor"), required=True)
+    from core.db.models import Role
+
+    create.add_argument("--role", choices=[role.value for role in Role], required=True)
     create.add_argument("--name", default="")
     create.set_defaults(func=create_key_command)
 
@@ -42,15 +52,12 @@ def migrate_command(_args: argparse.Namespace) -> int:
 
 def create_key_command(args: argparse.Namespace) -> int:
     from core.db.models import Role
-    from core.db.session import Database
     from core.services.auth import create_key
     from core.settings import Settings
 
-    database = Database(Settings().sqlalchemy_url)
-    with database.transaction() as session:
+    with _transaction(Settings()) as session:
         key, plaintext = create_key(session, Role(args.role), args.name)
         key_id = key.id
-    database.dispose()
     print(f"created {args.role} key {key_id}; store it now, it is not shown again:")
     print(plaintext)
     return 0
@@ -90,19 +97,24 @@ def serve_command(args: argparse.Namespace) -> int:
             _stop(worker)
 
 
-def _print_first_admin_key(settings) -> None:
-    from core.db.models import Role
-    from core.db.repositories import ApiKeyRepository
+@contextlib.contextmanager
+def _transaction(settings: Settings) -> Iterator[Session]:
+    """One committed transaction on a database engine of its own, disposed of afterwards."""
     from core.db.session import Database
-    from core.services.auth import create_key
 
     database = Database(settings.sqlalchemy_url)
-    with database.transaction() as session:
-        if ApiKeyRepository(session).count_active() > 0:
-            plaintext = None
-        else:
-            _, plaintext = create_key(session, Role.admin, "first admin (notetune serve)")
-    database.dispose()
+    try:
+        with database.transaction() as session:
+            yield session
+    finally:
+        database.dispose()
+
+
+def _print_first_admin_key(settings: Settings) -> None:
+    from core.services.auth import create_first_admin_key
+
+    with _transaction(settings) as session:
+        plaintext = create_first_admin_key(session)
     if plaintext is not None:
         print("first run: created an admin API key; store it now, it is not shown again:", flush=True)
         print(f"  {plaintext}", flush=True)

@@ -28,6 +28,11 @@ class NotFound(ServiceError):
     status_code = 404
     code = "not_found"
 
+    @classmethod
+    def for_id(cls, what: str, identifier: object) -> NotFound:
+        """No `what` row has this id: code `<what>_not_found`, the id echoed only if it is one of ours."""
+        return cls(f"no {what} with this id", code=f"{what}_not_found", details={"id": safe_ref(identifier)})
+
 
 class Conflict(ServiceError):
     status_code = 409

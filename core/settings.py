@@ -3,6 +3,9 @@
 `DATABASE_URL` and `CELERY_BROKER_URL` keep their conventional names (docker-compose and hosting
 platforms set them); everything else has the `NOTETUNE_` prefix. With neither URL set the service
 runs embedded: SQLite and Kombu's SQLAlchemy transport in the data directory, no servers needed.
+
+Reading the settings loads no ML code: a setting whose default belongs to `ml` (the base model, the
+token limit) is `None` when unset, and the service that uses it asks `ml` for the default.
 """
 
 from __future__ import annotations
@@ -11,12 +14,6 @@ from pathlib import Path
 
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
-
-
-def _default_base_model() -> str:
-    from ml.config import default_base_model
-
-    return default_base_model()
 
 
 class Settings(BaseSettings):
@@ -30,7 +27,8 @@ class Settings(BaseSettings):
     )
     data_dir: Path = Path("data")
     model_store_dir: Path | None = None
-    base_model: str = Field(default_factory=_default_base_model)
+    # Unset: the packaged MiniLM (core.services.models.configured_base_model).
+    base_model: str | None = None
     # Names a request may pass as `base_model`; the configured base model is always allowed.
     allowed_base_models: list[str] = Field(default_factory=list)
 
@@ -47,7 +45,8 @@ class Settings(BaseSettings):
 
     model_cache_size: int = Field(default=4, ge=1)
     max_upload_bytes: int = Field(default=50 * 1024 * 1024, ge=1024)
-    dataset_max_length: int = Field(default=256, ge=8, le=512)
+    # Unset: ml.vocabulary.DEFAULT_MAX_LENGTH (core.services.datasets.token_limit).
+    dataset_max_length: int | None = Field(default=None, ge=8, le=512)
     max_predict_texts: int = Field(default=64, ge=1)
     max_text_chars: int = Field(default=20_000, ge=1)
     page_size_limit: int = Field(default=200, ge=1)

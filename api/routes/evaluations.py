@@ -7,8 +7,8 @@ from fastapi.responses import JSONResponse, Response
 
 from api.deps import SessionDep, SettingsDep, TrainerDep
 from api.schemas.common import responses
-from core.errors import InvalidRequest, NotFound
-from core.services.evaluations import get_evaluation
+from core.services import evaluations as evaluations_service
+from ml.vocabulary import PLOT_KINDS
 
 router = APIRouter(prefix="/evaluations", tags=["evaluations"])
 
@@ -27,12 +27,10 @@ def read_evaluation(
     format: Annotated[Literal["json", "csv"], Query(description="json (default) or csv")] = "json",
 ) -> Response:
     """An evaluation report: metrics with 95% CIs per model, majority baseline and comparisons."""
-    evaluation = get_evaluation(session, evaluation_id)
+    evaluation = evaluations_service.get_evaluation(session, evaluation_id)
     if format == "csv":
-        from ml.report import report_to_csv
-
         return Response(
-            report_to_csv(evaluation.report),
+            evaluations_service.evaluation_csv(evaluation),
             media_type="text/csv",
             headers={"Content-Disposition": f'attachment; filename="evaluation-{evaluation.id}.csv"'},
         )
@@ -53,7 +51,7 @@ def read_evaluation(
 )
 def evaluation_plot(
     evaluation_id: str,
-    kind: Literal["roc", "pr", "confusion", "calibration"],
+    kind: Literal[PLOT_KINDS],  # type: ignore[valid-type]
     session: SessionDep,
     settings: SettingsDep,
     _: TrainerDep,
@@ -61,20 +59,7 @@ def evaluation_plot(
     height: Annotated[int | None, Query(description="Pixels (200-4000); default 700")] = None,
 ) -> Response:
     """ROC, precision-recall, confusion matrices or calibration of the evaluated models."""
-    import numpy as np
-
-    from ml.evaluate import outputs_from_arrays
-    from ml.plots import PIXEL_RANGE, plot_png
-
-    size = {name: value for name, value in (("width_px", width), ("height_px", height)) if value is not None}
-    low, high = PIXEL_RANGE
-    if not all(low <= value <= high for value in size.values()):
-        raise InvalidRequest(f"width and height must be between {low} and {high} pixels", code="plot_size")
-    evaluation = get_evaluation(session, evaluation_id)
-    path = settings.data_dir.resolve() / evaluation.arrays_path
-    if not path.is_file():
-        raise NotFound("the evaluation's stored scores are missing", code="evaluation_arrays_missing")
-    with np.load(path) as stored:
-        arrays = {key: stored[key] for key in stored.files}
-    y_true, outputs = outputs_from_arrays(arrays, evaluation.report)
-    return Response(plot_png(kind, y_true, outputs, **size), media_type="image/png")
+    png = evaluations_service.plot_evaluation(
+        session, settings, evaluation_id, kind, width=width, height=height
+    )
+    return Response(png, media_type="image/png")

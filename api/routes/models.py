@@ -1,45 +1,39 @@
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 
-from api.deps import PredictorDep, SessionDep
+from api.deps import PageDep, PredictorDep, SessionDep
 from api.schemas.common import ListResponse, responses
 from api.schemas.models import ModelRead, ModelSummary
-from core.db.repositories import ModelRepository
-from core.services.models import get_model, lineage
+from core.db.models import Model
+from core.services import models as models_service
 
 router = APIRouter(prefix="/models", tags=["models"])
 
 
 @router.get("", response_model=ListResponse[ModelSummary], responses=responses())
-def list_models(
-    session: SessionDep,
-    _: PredictorDep,
-    offset: Annotated[int, Query(ge=0)] = 0,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-) -> ListResponse[ModelSummary]:
+def list_models(session: SessionDep, _: PredictorDep, page: PageDep) -> ListResponse[ModelSummary]:
     """List trained models, newest first."""
-    page = ModelRepository(session).list(offset, limit)
-    data = [ModelSummary.model_validate(model) for model in page.items]
-    return ListResponse(data=data, count=page.count, offset=offset, limit=limit)
+    models = models_service.list_models(session, page.offset, page.limit)
+    return ListResponse.of([ModelSummary.model_validate(model) for model in models.items], models.count, page)
 
 
 @router.get("/{model_id}", response_model=ModelRead, responses=responses(404))
 def read_model(model_id: str, session: SessionDep, _: PredictorDep) -> ModelRead:
     """A model: method, stage, base model, hyperparameters, data, metrics and its lineage."""
-    model = get_model(session, model_id)
+    model = models_service.get_model(session, model_id)
     return ModelRead.model_validate(
         {
             **ModelSummary.model_validate(model).model_dump(),
             **_details(model),
-            "lineage": lineage(session, model),
+            "lineage": models_service.lineage(session, model),
         }
     )
 
 
-def _details(model) -> dict:
+def _details(model: Model) -> dict[str, Any]:
     return {
         "train_dataset_id": model.train_dataset_id,
         "temperature": model.temperature,

@@ -1,17 +1,14 @@
 from __future__ import annotations
 
-from datetime import timedelta
 from importlib.metadata import PackageNotFoundError, version
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
 
 from api.deps import AnyKeyDep, RuntimeDep
 from api.schemas.common import responses
 from api.schemas.system import Check, Health, Version
-from core.db.base import utcnow
-from core.db.repositories import WorkerRepository
+from core.services import health as health_service
 
 router = APIRouter(tags=["system"])
 
@@ -34,8 +31,7 @@ def health(runtime: RuntimeDep) -> JSONResponse:
 
 def _database(runtime: RuntimeDep) -> Check:
     try:
-        with runtime.database.session() as session:
-            session.execute(text("SELECT 1"))
+        health_service.check_database(runtime.database)
         return Check(ok=True)
     except Exception as error:
         return Check(ok=False, detail=f"unreachable ({type(error).__name__})")
@@ -47,11 +43,8 @@ def _broker(runtime: RuntimeDep) -> Check:
 
 
 def _worker(runtime: RuntimeDep) -> Check:
-    """A worker counts as live if it wrote its heartbeat row recently (works on every broker)."""
     try:
-        since = utcnow() - timedelta(seconds=runtime.settings.stale_after_s)
-        with runtime.database.session() as session:
-            live = len(WorkerRepository(session).live(since))
+        live = health_service.live_workers(runtime.database, runtime.settings)
     except Exception as error:
         return Check(ok=False, detail=f"unknown ({type(error).__name__})")
     return Check(ok=live > 0, detail=f"{live} live worker(s)")

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class PageQuery:
+    """Which page of a list the request asks for."""
+
+    offset: int
+    limit: int
 
 
 class ErrorDetail(BaseModel):
@@ -24,6 +34,10 @@ class ListResponse(BaseModel, Generic[T]):
     count: int = Field(description="Total number of items matching the filters (all pages).")
     offset: int
     limit: int
+
+    @classmethod
+    def of(cls, data: Sequence[Any], count: int, page: PageQuery) -> ListResponse[Any]:
+        return cls(data=list(data), count=count, offset=page.offset, limit=page.limit)
 
 
 class ReadModel(BaseModel):

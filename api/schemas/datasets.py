@@ -5,6 +5,7 @@ from datetime import datetime
 from pydantic import Field
 
 from api.schemas.common import ReadModel
+from ml.vocabulary import DEFAULT_MAX_LENGTH
 
 
 class DatasetRead(ReadModel):
@@ -16,6 +17,9 @@ class DatasetRead(ReadModel):
     class_counts: dict[str, int] = Field(examples=[{"0": 780, "1": 220}])
     duplicates: int
     truncated_at_max_length: int = Field(
-        description="Notes longer than the tokenizer's max_length (256 tokens)"
+        description=(
+            "Notes longer than the service's token limit (NOTETUNE_DATASET_MAX_LENGTH, "
+            f"default {DEFAULT_MAX_LENGTH} tokens)"
+        )
     )
     created_at: datetime

@@ -3,12 +3,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from api.schemas.common import ReadModel
-
-# ml.report.MAX_MODELS, repeated so importing the API schemas does not load numpy and scipy.
-MAX_EVALUATED_MODELS = 8
+from core.db.models import JobKind, JobStatus
+from ml.vocabulary import BASE, MAX_MODELS, METHODS
 
 
 class FinetuneCreate(BaseModel):
@@ -27,7 +26,7 @@ class FinetuneCreate(BaseModel):
     )
 
     train_dataset_id: str = Field(max_length=64)
-    method: Literal["full", "lora", "adalora"] | None = Field(
+    method: Literal[METHODS] | None = Field(  # type: ignore[valid-type]
         default=None, description="Required for a first fine-tune; a second fine-tune inherits its parent's."
     )
     parent_model_id: str | None = Field(default=None, max_length=64, description="Continue this model.")
@@ -45,10 +44,10 @@ class EvaluateCreate(BaseModel):
         extra="forbid",
         json_schema_extra={
             "examples": [
-                {"test_dataset_id": "5e0a...", "models": ["base", "77de...", "91fa..."]},
+                {"test_dataset_id": "5e0a...", "models": [BASE, "77de...", "91fa..."]},
                 {
                     "test_dataset_id": "5e0a...",
-                    "models": ["base", "77de..."],
+                    "models": [BASE, "77de..."],
                     "thresholds": {"77de...": 0.3},
                     "n_resamples": 2000,
                     "seed": 7,
@@ -60,16 +59,14 @@ class EvaluateCreate(BaseModel):
     test_dataset_id: str = Field(max_length=64)
     models: list[Annotated[str, Field(max_length=64)]] = Field(
         min_length=1,
-        max_length=MAX_EVALUATED_MODELS,
-        # `model_ids` was this field's first name; clients that still send it keep working.
-        validation_alias=AliasChoices("models", "model_ids"),
-        description="Models to compare, first = reference; 'base' = the untrained base model.",
+        max_length=MAX_MODELS,
+        description=f"Models to compare, first = reference; '{BASE}' = the untrained base model.",
     )
     thresholds: dict[str, Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
         default_factory=dict,
         description=(
             "Decision thresholds that replace a listed model's stored one in the at_threshold figures "
-            "(keys: a model id from `models`, or 'base')."
+            f"(keys: a model id from `models`, or '{BASE}')."
         ),
         examples=[{"77de...": 0.3}],
     )
@@ -92,8 +89,8 @@ class JobProgress(BaseModel):
 
 class JobRead(ReadModel):
     id: str
-    kind: Literal["finetune", "evaluate"]
-    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    kind: JobKind
+    status: JobStatus
     name: str | None
     method: str | None
     stage: int | None
@@ -122,3 +119,76 @@ class JobEventRead(ReadModel):
     attempt: int
     data: dict[str, Any]
     created_at: datetime
+
+
+# The same requests as multipart forms, with the CSV inline: a form field carries text, so structured
+# fields are JSON text, and `models` may also be the field repeated (see api/forms.py).
+FINETUNE_FORM_SCHEMA = {
+    "type": "object",
+    "required": ["file"],
+    "properties": {
+        "file": {"type": "string", "format": "binary", "description": "Training CSV (Text,label)"},
+        "method": {"type": "string", "enum": list(METHODS)},
+        "parent_model_id": {"type": "string"},
+        "base_model": {"type": "string"},
+        "hyperparameters": {"type": "string", "description": 'A JSON object, e.g. {"epochs": 3}'},
+        "name": {"type": "string"},
+    },
+}
+EVALUATE_FORM_SCHEMA = {
+    "type": "object",
+    "required": ["file", "models"],
+    "properties": {
+        "file": {"type": "string", "format": "binary", "description": "Test CSV (Text,label)"},
+        "models": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": f'Repeat the field once per model, or send one JSON list: ["{BASE}", "77de..."]',
+        },
+        "thresholds": {"type": "string", "description": 'A JSON object, e.g. {"77de...": 0.3}'},
+        "n_resamples": {"type": "integer"},
+        "seed": {"type": "integer"},
+        "name": {"type": "string"},
+    },
+}
+FINETUNE_EXAMPLES = {
+    "first": {
+        "summary": "First fine-tune of the base model",
+        "value": {"train_dataset_id": "3f1c...", "method": "lora", "hyperparameters": {"epochs": 8}},
+    },
+    "second": {
+        "summary": "Second fine-tune continuing a model (method inherited)",
+        "value": {"train_dataset_id": "9ab2...", "parent_model_id": "77de..."},
+    },
+}
+EVALUATE_EXAMPLES = {
+    "compare": {
+        "summary": "Base model, a first fine-tune and its second fine-tune",
+        "value": {"test_dataset_id": "5e0a...", "models": [BASE, "77de...", "91fa..."]},
+    },
+    "threshold": {
+        "summary": "Override a model's stored decision threshold",
+        "value": {
+            "test_dataset_id": "5e0a...",
+            "models": ["77de...", "91fa..."],
+            "thresholds": {"91fa...": 0.3},
+        },
+    },
+}
+
+
+def request_body_docs(schema: type[BaseModel], form_schema: dict, examples: dict) -> dict:
+    """OpenAPI for an endpoint that reads its body itself: JSON, or a multipart form with the CSV."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": schema.model_json_schema(), "examples": examples},
+                "multipart/form-data": {"schema": form_schema},
+            },
+        }
+    }
+
+
+FINETUNE_REQUEST_DOCS = request_body_docs(FinetuneCreate, FINETUNE_FORM_SCHEMA, FINETUNE_EXAMPLES)
+EVALUATE_REQUEST_DOCS = request_body_docs(EvaluateCreate, EVALUATE_FORM_SCHEMA, EVALUATE_EXAMPLES)

@@ -1,11 +1,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.schemas.common import ReadModel
+from core.db.models import Role
 
 
 class KeyCreate(BaseModel):
@@ -13,14 +13,14 @@ class KeyCreate(BaseModel):
         extra="forbid", json_schema_extra={"examples": [{"role": "trainer", "name": "lab-1"}]}
     )
 
-    role: Literal["admin", "trainer", "predictor"]
+    role: Role
     name: str = Field(default="", max_length=200)
 
 
 class KeyRead(ReadModel):
     id: str
     name: str
-    role: str
+    role: Role
     prefix: str
     created_at: datetime
     revoked_at: datetime | None

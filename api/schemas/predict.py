@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ml.vocabulary import BASE, MAX_MODELS
+
 
 class PredictRequest(BaseModel):
     model_config = ConfigDict(
@@ -11,7 +13,7 @@ class PredictRequest(BaseModel):
                 {
                     "model_id": "77de...",
                     "texts": ["62-year-old woman, invasive ductal carcinoma, ER+/PR+, HER2-, stage IIA ..."],
-                    "compare_with": ["base"],
+                    "compare_with": [BASE],
                 }
             ]
         },
@@ -21,7 +23,9 @@ class PredictRequest(BaseModel):
     texts: list[str] = Field(
         description="Clinical notes; the limits on count and length are in the settings."
     )
-    compare_with: list[str] = Field(default_factory=list, max_length=8, description="'base' and/or model ids")
+    compare_with: list[str] = Field(
+        default_factory=list, max_length=MAX_MODELS, description=f"'{BASE}' and/or model ids"
+    )
     threshold: float | None = Field(
         default=None, gt=0, lt=1, description="Overrides the model's own threshold."
     )
@@ -34,7 +38,9 @@ class Prediction(BaseModel):
 
 
 class NotePrediction(Prediction):
-    compared: dict[str, Prediction] = Field(default_factory=dict, description="Keyed by 'base' or model id")
+    compared: dict[str, Prediction] = Field(
+        default_factory=dict, description=f"Keyed by '{BASE}' or model id"
+    )
 
 
 class PredictResponse(BaseModel):

@@ -42,7 +42,8 @@ class Role(enum.StrEnum):
 
 
 def _enum(enum_class: type[enum.Enum], name: str) -> Enum:
-    # Stored as plain strings with a CHECK constraint: adding a value later is a one-line migration.
+    # Stored as plain strings (VARCHAR(16); no CHECK constraint, no database enum type): the enum types
+    # the values in Python only, and adding a value needs no migration.
     return Enum(
         enum_class, name=name, native_enum=False, length=16, values_callable=lambda e: [m.value for m in e]
     )

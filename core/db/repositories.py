@@ -49,9 +49,6 @@ class ApiKeyRepository:
         self.session.flush()
         return key
 
-    def get(self, key_id: str) -> ApiKey | None:
-        return self.session.get(ApiKey, key_id)
-
     def active_by_hash(self, key_hash: str) -> ApiKey | None:
         return self.session.scalar(
             select(ApiKey).where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from core.db.base import utcnow
 from core.db.models import ApiKey, Role
-from core.db.repositories import ApiKeyRepository
+from core.db.repositories import ApiKeyRepository, Page
 from core.errors import Conflict, Forbidden, NotFound, Unauthorized
 
 KEY_PREFIX = "ntk_"
@@ -44,6 +44,14 @@ def create_key(session: Session, role: Role, name: str = "") -> tuple[ApiKey, st
     return key, plaintext
 
 
+def create_first_admin_key(session: Session) -> str | None:
+    """On a service with no active key, an admin key (its plaintext), so someone can log in at all."""
+    if ApiKeyRepository(session).count_active() > 0:
+        return None
+    _, plaintext = create_key(session, Role.admin, "first admin (notetune serve)")
+    return plaintext
+
+
 def authenticate(session: Session, plaintext: str | None) -> Principal:
     if not plaintext:
         raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'", code="missing_api_key")
@@ -60,6 +68,10 @@ def authorize(principal: Principal, required: Role) -> Principal:
             code="insufficient_role",
         )
     return principal
+
+
+def list_keys(session: Session, offset: int, limit: int) -> Page[ApiKey]:
+    return ApiKeyRepository(session).list(offset, limit)
 
 
 def revoke_key(session: Session, key_id: str) -> None:

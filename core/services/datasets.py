@@ -12,9 +12,11 @@ from sqlalchemy.orm import Session
 
 from core.db.base import utcnow
 from core.db.models import Dataset
-from core.db.repositories import DatasetRepository
-from core.errors import NotFound, PayloadTooLarge, safe_ref
+from core.db.repositories import DatasetRepository, Page
+from core.errors import NotFound, PayloadTooLarge
+from core.services.models import configured_base_model
 from core.settings import Settings
+from ml.vocabulary import DEFAULT_MAX_LENGTH
 
 DATASETS_SUBDIR = "datasets"
 
@@ -25,17 +27,15 @@ def register_dataset(
     """Returns (dataset, created). The same bytes uploaded twice give the same dataset row."""
     from ml.data import inspect_csv
 
-    if len(content) > settings.max_upload_bytes:
-        raise PayloadTooLarge(
-            f"the file is larger than the upload limit of {settings.max_upload_bytes} bytes",
-            details={"limit_bytes": settings.max_upload_bytes},
-        )
+    check_upload_size(len(content), settings.max_upload_bytes)
     repository = DatasetRepository(session)
     sha256 = hashlib.sha256(content).hexdigest()
     existing = repository.by_sha256(sha256)
     if existing is not None:
         return existing, False
-    _, summary = inspect_csv(content, max_length=settings.dataset_max_length, base_model=settings.base_model)
+    _, summary = inspect_csv(
+        content, max_length=token_limit(settings), base_model=configured_base_model(settings)
+    )
     relative = f"{DATASETS_SUBDIR}/{sha256}.csv"
     dataset = Dataset(
         name=_display_name(filename, sha256),
@@ -62,8 +62,20 @@ def register_dataset(
     # Written only once the row is ours: a concurrent upload of the same bytes waits on that row
     # before writing, so a rejected request (which removes the file only when no committed row
     # names it) can hardly remove a file the other upload has just put in place.
-    _write_atomically(settings.data_dir / relative, content)
+    _write_atomically(dataset_file(settings, dataset), content)
     return dataset, True
+
+
+def check_upload_size(size: int, limit: int) -> None:
+    if size > limit:
+        raise PayloadTooLarge(
+            f"the file is larger than the upload limit of {limit} bytes", details={"limit_bytes": limit}
+        )
+
+
+def token_limit(settings: Settings) -> int:
+    """Tokens per note above which a dataset summary counts the note as truncated."""
+    return settings.dataset_max_length or DEFAULT_MAX_LENGTH
 
 
 def forget_dataset_file(session: Session, settings: Settings, dataset: Dataset) -> None:
@@ -75,14 +87,16 @@ def forget_dataset_file(session: Session, settings: Settings, dataset: Dataset) 
 def get_dataset(session: Session, dataset_id: str) -> Dataset:
     dataset = DatasetRepository(session).get(dataset_id)
     if dataset is None:
-        raise NotFound(
-            "no dataset with this id", code="dataset_not_found", details={"id": safe_ref(dataset_id)}
-        )
+        raise NotFound.for_id("dataset", dataset_id)
     return dataset
 
 
+def list_datasets(session: Session, offset: int, limit: int) -> Page[Dataset]:
+    return DatasetRepository(session).list(offset, limit)
+
+
 def dataset_file(settings: Settings, dataset: Dataset) -> Path:
-    return settings.data_dir.resolve() / dataset.path
+    return settings.stored_file(dataset.path)
 
 
 def _display_name(filename: str | None, sha256: str) -> str:

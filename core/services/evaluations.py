@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import ClassVar
 
 from sqlalchemy.orm import Session
 
-from core.db.base import new_id, utcnow
-from core.db.models import Evaluation, Job, JobKind, JobStatus
-from core.db.repositories import EvaluationRepository, JobEventRepository, JobRepository
+from core.db.models import Evaluation, Job, JobKind
+from core.db.repositories import EvaluationRepository
 from core.errors import InvalidRequest, NotFound, safe_ref
 from core.services.datasets import get_dataset
-from core.services.jobs import finished_model, idempotent_replay, request_fingerprint
+from core.services.jobs import add_queued_job, finished_model, idempotent_replay, request_fingerprint
+from core.services.models import configured_base_model
 from core.settings import Settings
-
-BASE = "base"
+from ml.vocabulary import BASE, MAX_MODELS
 
 
 @dataclass(frozen=True)
 class EvaluationSpec:
+    dataset_field: ClassVar[str] = "test_dataset_id"  # the field a CSV sent with the request fills in
+
     test_dataset_id: str
     models: list[str] = field(default_factory=list)  # model ids, or BASE; the first is the reference
     thresholds: dict[str, float] = field(default_factory=dict)  # replaces a listed model's stored one
@@ -35,12 +37,10 @@ def create_evaluation_job(
     api_key_id: str | None,
     idempotency_key: str | None = None,
 ) -> tuple[Job, bool]:
-    jobs = JobRepository(session)
     fingerprint = request_fingerprint(JobKind.evaluate, asdict(spec))
-    if idempotency_key is not None:
-        existing = idempotent_replay(jobs, api_key_id, idempotency_key, fingerprint)
-        if existing is not None:
-            return existing, False
+    existing = idempotent_replay(session, api_key_id, idempotency_key, fingerprint)
+    if existing is not None:
+        return existing, False
     dataset = get_dataset(session, spec.test_dataset_id)
     _check_model_list(spec)
     entries, base_models = [], set()
@@ -59,30 +59,25 @@ def create_evaluation_job(
             "the models were trained from different base models; evaluate them separately",
             code="mixed_base_models",
         )
-    job = jobs.add(
+    job = add_queued_job(
+        session,
         Job(
-            id=new_id(),
             kind=JobKind.evaluate,
-            status=JobStatus.queued,
             name=spec.name,
             api_key_id=api_key_id,
             idempotency_key=idempotency_key,
             request_fingerprint=fingerprint,
-            base_model=next(iter(base_models), settings.base_model),
+            base_model=next(iter(base_models)) if base_models else configured_base_model(settings),
             test_dataset_id=dataset.id,
             evaluation_models=entries,
             evaluation_options={"n_resamples": spec.n_resamples, "seed": spec.seed},
             hyperparameters={},
-            created_at=utcnow(),
-        )
+        ),
     )
-    JobEventRepository(session).add(job.id, "state", data={"status": JobStatus.queued.value})
     return job, True
 
 
 def _check_model_list(spec: EvaluationSpec) -> None:
-    from ml.report import MAX_MODELS
-
     if not 1 <= len(spec.models) <= MAX_MODELS:
         raise InvalidRequest(f"an evaluation compares 1 to {MAX_MODELS} models", code="model_count")
     if len(set(spec.models)) != len(spec.models):
@@ -102,7 +97,40 @@ def _check_model_list(spec: EvaluationSpec) -> None:
 def get_evaluation(session: Session, evaluation_id: str) -> Evaluation:
     evaluation = EvaluationRepository(session).get(evaluation_id)
     if evaluation is None:
-        raise NotFound(
-            "no evaluation with this id", code="evaluation_not_found", details={"id": safe_ref(evaluation_id)}
-        )
+        raise NotFound.for_id("evaluation", evaluation_id)
     return evaluation
+
+
+def evaluation_csv(evaluation: Evaluation) -> str:
+    from ml.report import report_to_csv
+
+    return report_to_csv(evaluation.report)
+
+
+def plot_evaluation(
+    session: Session,
+    settings: Settings,
+    evaluation_id: str,
+    kind: str,
+    *,
+    width: int | None = None,
+    height: int | None = None,
+) -> bytes:
+    """A PNG chart of the evaluated models, drawn from the scores stored beside the report."""
+    import numpy as np
+
+    from ml.evaluate import outputs_from_arrays
+    from ml.plots import PIXEL_RANGE, plot_png
+
+    size = {name: value for name, value in (("width_px", width), ("height_px", height)) if value is not None}
+    low, high = PIXEL_RANGE
+    if not all(low <= value <= high for value in size.values()):
+        raise InvalidRequest(f"width and height must be between {low} and {high} pixels", code="plot_size")
+    evaluation = get_evaluation(session, evaluation_id)
+    path = settings.stored_file(evaluation.arrays_path)
+    if not path.is_file():
+        raise NotFound("the evaluation's stored scores are missing", code="evaluation_arrays_missing")
+    with np.load(path) as stored:
+        arrays = {key: stored[key] for key in stored.files}
+    y_true, outputs = outputs_from_arrays(arrays, evaluation.report)
+    return plot_png(kind, y_true, outputs, **size)

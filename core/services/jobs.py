@@ -2,34 +2,44 @@
 
     queued --claim--> running --> succeeded | failed | cancelled
     queued --cancel--> cancelled
+    queued --its message could not be sent--> failed
     running --stale heartbeat, attempts left--> queued
     running --stale heartbeat, no attempts left--> failed
 
 Every transition is a compare-and-set in JobRepository, so two workers, a late redelivery or a
-reaper can never both move the same job. Services flush but never commit: the caller owns that.
+reaper can never both move the same job. Services flush but never commit: the caller owns that,
+except `commit_and_enqueue`, as a job's message may only be sent once its row is committed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from sqlalchemy.orm import Session
 
 from core.db.base import new_id, utcnow
-from core.db.models import Job, JobKind, JobStatus, Model
-from core.db.repositories import JobEventRepository, JobRepository, ModelRepository
-from core.errors import Conflict, InvalidRequest, NotFound, safe_ref
+from core.db.models import Job, JobEvent, JobKind, JobStatus, Model
+from core.db.repositories import JobEventRepository, JobRepository, ModelRepository, Page
+from core.errors import Conflict, InvalidRequest, NotFound, QueueUnavailable
 from core.services.datasets import get_dataset
 from core.settings import Settings
+
+if TYPE_CHECKING:
+    from core.queue import JobQueue
+
+log = logging.getLogger("notetune.jobs")
 
 
 @dataclass(frozen=True)
 class FinetuneSpec:
+    dataset_field: ClassVar[str] = "train_dataset_id"  # the field a CSV sent with the request fills in
+
     train_dataset_id: str
     method: str | None = None
     parent_model_id: str | None = None
@@ -47,23 +57,20 @@ def create_finetune_job(
     idempotency_key: str | None = None,
 ) -> tuple[Job, bool]:
     """Validate everything that can be checked before training; returns (job, created)."""
-    jobs = JobRepository(session)
     fingerprint = request_fingerprint(JobKind.finetune, asdict(spec))
-    if idempotency_key is not None:
-        existing = idempotent_replay(jobs, api_key_id, idempotency_key, fingerprint)
-        if existing is not None:
-            return existing, False
+    existing = idempotent_replay(session, api_key_id, idempotency_key, fingerprint)
+    if existing is not None:
+        return existing, False
 
     dataset = get_dataset(session, spec.train_dataset_id)
     method, stage, base_model = _lineage_choice(session, settings, spec)
     config = train_config(stage, method, spec.hyperparameters)
     _check_trainable(dataset.summary, config.min_rows)
 
-    job = jobs.add(
+    job = add_queued_job(
+        session,
         Job(
-            id=new_id(),
             kind=JobKind.finetune,
-            status=JobStatus.queued,
             name=spec.name,
             api_key_id=api_key_id,
             idempotency_key=idempotency_key,
@@ -75,15 +82,26 @@ def create_finetune_job(
             parent_model_id=spec.parent_model_id,
             hyperparameters=given_hyperparameters(config, spec.hyperparameters),
             output_model_id=new_id(),
-            created_at=utcnow(),
-        )
+        ),
     )
-    JobEventRepository(session).add(job.id, "state", data={"status": JobStatus.queued.value})
     return job, True
 
 
-def idempotent_replay(jobs: JobRepository, api_key_id: str | None, key: str, fingerprint: str) -> Job | None:
-    existing = jobs.by_idempotency_key(api_key_id, key)
+def add_queued_job(session: Session, job: Job) -> Job:
+    """A new job enters the state machine as queued, with its first event."""
+    job.id, job.status, job.created_at = new_id(), JobStatus.queued, utcnow()
+    JobRepository(session).add(job)
+    JobEventRepository(session).add(job.id, "state", data={"status": JobStatus.queued.value})
+    return job
+
+
+def idempotent_replay(
+    session: Session, api_key_id: str | None, key: str | None, fingerprint: str
+) -> Job | None:
+    """The job an earlier request with this Idempotency-Key created: only the same request may reuse it."""
+    if key is None:
+        return None
+    existing = JobRepository(session).by_idempotency_key(api_key_id, key)
     if existing is not None and existing.request_fingerprint != fingerprint:
         raise Conflict(
             "this Idempotency-Key was already used for a different request",
@@ -158,7 +176,7 @@ def finished_model(session: Session, model_id: str, *, role: str, use: str, code
             code=code,
             details={"job_id": producing_job.id, "job_status": str(producing_job.status)},
         )
-    raise NotFound("no model with this id", code="model_not_found", details={"id": safe_ref(model_id)})
+    raise NotFound.for_id("model", model_id)
 
 
 def _check_trainable(stored_summary: dict[str, Any], min_rows: int) -> None:
@@ -175,8 +193,44 @@ def request_fingerprint(kind: JobKind, payload: dict[str, Any]) -> str:
 def get_job(session: Session, job_id: str) -> Job:
     job = JobRepository(session).get(job_id)
     if job is None:
-        raise NotFound("no job with this id", code="job_not_found", details={"id": safe_ref(job_id)})
+        raise NotFound.for_id("job", job_id)
     return job
+
+
+def list_jobs(
+    session: Session, *, status: JobStatus | None, kind: JobKind | None, offset: int, limit: int
+) -> Page[Job]:
+    return JobRepository(session).list(status=status, kind=kind, offset=offset, limit=limit)
+
+
+def list_job_events(session: Session, job_id: str, offset: int, limit: int) -> Page[JobEvent]:
+    get_job(session, job_id)
+    return JobEventRepository(session).list(job_id, offset, limit)
+
+
+def commit_and_enqueue(session: Session, queue: JobQueue, job: Job) -> Job:
+    """Commit the new job row, then send its message: a worker never sees an uncommitted job.
+
+    Returns the job as committed (a fast worker may already be running it). A job whose message could
+    not be sent is failed, so it never waits for a message that will not come.
+    """
+    session.commit()
+    session.refresh(job)
+    try:
+        queue.enqueue(job)
+    except Exception as error:
+        log.error("could not enqueue job %s (%s)", job.id, type(error).__name__)
+        _fail_unsent(session, job.id)
+        raise QueueUnavailable("the job queue is unreachable; the job was not started") from None
+    log.info("job %s (%s) queued", job.id, job.kind)
+    return job
+
+
+def _fail_unsent(session: Session, job_id: str) -> None:
+    message = "the job queue was unreachable; submit the job again"
+    if JobRepository(session).fail_if_queued(job_id, message, utcnow()):
+        JobEventRepository(session).add(job_id, "state", data={"status": "failed", "error": message})
+        session.commit()
 
 
 def cancel_job(session: Session, job_id: str) -> Job:

@@ -1,4 +1,4 @@
-"""Trained models: lookup and lineage."""
+"""Trained models: lookup, listing, lineage, and the service's base model."""
 
 from __future__ import annotations
 
@@ -8,21 +8,36 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from core.db.models import Model
-from core.db.repositories import ModelRepository
-from core.errors import NotFound, safe_ref
+from core.db.repositories import ModelRepository, Page
+from core.errors import NotFound
 from core.settings import Settings
+
+
+def configured_base_model(settings: Settings) -> str:
+    """NOTETUNE_BASE_MODEL, or else the MiniLM packaged with the service."""
+    from ml.config import default_base_model
+
+    return settings.base_model or default_base_model()
+
+
+def allowed_base_models(settings: Settings) -> list[str]:
+    """The names a request may pass as `base_model`: the configured one first."""
+    return [configured_base_model(settings), *settings.allowed_base_models]
 
 
 def get_model(session: Session, model_id: str) -> Model:
     model = ModelRepository(session).get(model_id)
     if model is None:
-        raise NotFound("no model with this id", code="model_not_found", details={"id": safe_ref(model_id)})
+        raise NotFound.for_id("model", model_id)
     return model
 
 
+def list_models(session: Session, offset: int, limit: int) -> Page[Model]:
+    return ModelRepository(session).list(offset, limit)
+
+
 def model_directory(settings: Settings, model: Model) -> Path:
-    """Where the model lives: the store root from the settings, the rest from the database row."""
-    return settings.models_root / model.path
+    return settings.stored_model(model.path)
 
 
 def lineage(session: Session, model: Model) -> list[dict[str, Any]]:

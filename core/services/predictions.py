@@ -10,14 +10,13 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from core.db.base import utcnow
-from core.db.models import PredictionAudit
+from core.db.models import Model, PredictionAudit
 from core.db.repositories import PredictionAuditRepository
 from core.errors import InvalidRequest, ModelUnavailable
 from core.services.models import get_model, model_directory
 from core.settings import Settings
-from models_store.store import ModelNotFound
-
-BASE = "base"
+from ml.vocabulary import BASE
+from models_store.store import MANIFEST_NAME
 
 
 @dataclass(frozen=True)
@@ -65,6 +64,17 @@ def _utf8_encodable(text: str) -> bool:
     return True
 
 
+def stored_model_directory(settings: Settings, model: Model) -> Path:
+    """The model's directory; a row whose files are gone (a lost volume, a manual clean-up) is not our
+    bug, and not the caller's either: the model is unavailable."""
+    directory = model_directory(settings, model)
+    if not (directory / MANIFEST_NAME).is_file():
+        raise ModelUnavailable(
+            "a requested model is registered but its files are missing from the model store"
+        )
+    return directory
+
+
 def predict(
     session: Session, settings: Settings, cache: Any, spec: PredictSpec, *, api_key_id: str | None
 ) -> dict[str, Any]:
@@ -77,24 +87,17 @@ def predict(
             targets[name] = (None, model.base_model)
         elif name != model.id:
             other = get_model(session, name)
-            targets[name] = (model_directory(settings, other), other.base_model)
+            targets[name] = (stored_model_directory(settings, other), other.base_model)
 
-    try:
-        primary = cache.predict(
-            model_directory(settings, model),
-            spec.texts,
-            base_model=model.base_model,
-            threshold=spec.threshold,
-        )
-        compared = {
-            name: cache.predict(path, spec.texts, base_model=base) for name, (path, base) in targets.items()
-        }
-    except ModelNotFound:
-        # The row exists but its directory is gone (a lost volume, a manual clean-up): not our bug.
-        raise ModelUnavailable(
-            "a requested model is registered but its files are missing from the model store",
-            code="model_unavailable",
-        ) from None
+    primary = cache.predict(
+        stored_model_directory(settings, model),
+        spec.texts,
+        base_model=model.base_model,
+        threshold=spec.threshold,
+    )
+    compared = {
+        name: cache.predict(path, spec.texts, base_model=base) for name, (path, base) in targets.items()
+    }
     predictions = [
         {**item, "compared": {name: outputs[index] for name, outputs in compared.items()}}
         for index, item in enumerate(primary)

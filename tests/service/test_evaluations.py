@@ -312,8 +312,8 @@ def test_bad_evaluation_requests(client, keys, lineage, evaluation):
         ({"test_dataset_id": test, "models": [first], "thresholds": {first: -0.1}}, 422, "validation_error"),
         ({"test_dataset_id": test, "models": [first], "thresholds": {second: 0.3}}, 422, UNLISTED),
         ({"test_dataset_id": test, "models": [first], "thresholds": {"base": 0.3}}, 422, UNLISTED),
-        # The field's first name still works (the unlisted threshold shows `model_ids` was read as `models`).
-        ({"test_dataset_id": test, "model_ids": [first], "thresholds": {second: 0.3}}, 422, UNLISTED),
+        # `model_ids`, the field's name in v0.1, is an unknown field now.
+        ({"test_dataset_id": test, "model_ids": [first]}, 422, "validation_error"),
         ({"test_dataset_id": test, "models": [first], "model_ids": [first]}, 422, "validation_error"),
         ({"test_dataset_id": test, "models": [first], "n_resamples": 10}, 422, "validation_error"),
     ]  # fmt: skip

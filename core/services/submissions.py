@@ -1,0 +1,99 @@
+"""Submitting a job request: create the job once, store an inline CSV with it, commit, then enqueue."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from core.db.models import Dataset, Job
+from core.services.datasets import forget_dataset_file, register_dataset
+from core.services.evaluations import EvaluationSpec, create_evaluation_job
+from core.services.jobs import FinetuneSpec, commit_and_enqueue, create_finetune_job
+from core.settings import Settings
+
+if TYPE_CHECKING:
+    from core.queue import JobQueue
+
+JobSpec = FinetuneSpec | EvaluationSpec
+_CREATE: dict[type, Callable[..., tuple[Job, bool]]] = {
+    FinetuneSpec: create_finetune_job,
+    EvaluationSpec: create_evaluation_job,
+}
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A CSV sent with the job request, to be stored as the job's dataset."""
+
+    content: bytes
+    filename: str | None
+
+
+def submit_job(
+    session: Session,
+    settings: Settings,
+    queue: JobQueue,
+    spec: JobSpec,
+    *,
+    api_key_id: str | None,
+    idempotency_key: str | None = None,
+    upload: Upload | None = None,
+) -> Job:
+    """The job for this request: new and queued, or the one an earlier request with the same
+    Idempotency-Key created. With an upload, the CSV becomes the spec's dataset; a request that is
+    refused or replayed stores nothing."""
+    if upload is None:
+        job, created = _create_once(session, settings, spec, api_key_id, idempotency_key)
+    else:
+        job, created = _create_with_upload(session, settings, spec, upload, api_key_id, idempotency_key)
+    return commit_and_enqueue(session, queue, job) if created else job
+
+
+def _create_once(
+    session: Session, settings: Settings, spec: JobSpec, api_key_id: str | None, key: str | None
+) -> tuple[Job, bool]:
+    create = _CREATE[type(spec)]
+
+    def attempt() -> tuple[Job, bool]:
+        return create(session, settings, spec, api_key_id=api_key_id, idempotency_key=key)
+
+    try:
+        return attempt()
+    except IntegrityError:
+        # Two requests with one Idempotency-Key raced: the other one created the job.
+        session.rollback()
+        if key is None:
+            raise
+        return attempt()
+
+
+def _create_with_upload(
+    session: Session,
+    settings: Settings,
+    spec: JobSpec,
+    upload: Upload,
+    api_key_id: str | None,
+    key: str | None,
+) -> tuple[Job, bool]:
+    dataset, dataset_created = register_dataset(session, settings, upload.content, upload.filename)
+    spec_with_dataset: Any = replace(spec, **{spec.dataset_field: dataset.id})
+    try:
+        job, created = _create_once(session, settings, spec_with_dataset, api_key_id, key)
+    except Exception:
+        _forget_upload(session, settings, dataset, dataset_created)
+        raise
+    if not created:
+        # An Idempotency-Key replay: the job already exists, so this upload stores nothing either.
+        _forget_upload(session, settings, dataset, dataset_created)
+    return job, created
+
+
+def _forget_upload(session: Session, settings: Settings, dataset: Dataset, created: bool) -> None:
+    """A refused request stores nothing: not the dataset row (rolled back) and not the file."""
+    session.rollback()
+    if created:
+        forget_dataset_file(session, settings, dataset)
