@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from peft import PeftModel
 
-from ml.config import DEFAULT_POOLING
-from ml.forward import DEFAULT_MAX_LENGTH, logits_for_texts
+from ml.config import max_length_of, pooling_of
+from ml.forward import logits_for_texts
 from ml.metrics import softmax_probability
 from ml.modeling import (
     effective_pooling,
@@ -25,9 +25,9 @@ from ml.modeling import (
     load_classifier,
     load_tokenizer,
     pick_device,
-    pooling_of,
     resolve_base_model,
 )
+from ml.vocabulary import DEFAULT_MAX_LENGTH, DEFAULT_POOLING
 from models_store.store import read_manifest
 
 BASE_THRESHOLD = 0.5
@@ -85,8 +85,9 @@ class ModelCache:
             loaded = self._get(Path(model_dir))
             manifest = loaded.manifest
             module = loaded.module if loaded.module is not None else self._activate(loaded)
-            max_length = manifest["hyperparameters"].get("max_length", DEFAULT_MAX_LENGTH)
-            logits = self._logits(module, manifest["base_model"], texts, max_length, pooling_of(manifest))
+            logits = self._logits(
+                module, manifest["base_model"], texts, max_length_of(manifest), pooling_of(manifest)
+            )
             probabilities = softmax_probability(logits, manifest.get("temperature", 1.0))
             return Scored(probabilities, float(manifest["threshold"]), manifest)
 

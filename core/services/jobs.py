@@ -110,7 +110,8 @@ def given_hyperparameters(config: Any, requested: dict[str, Any]) -> dict[str, A
 
 def _lineage_choice(session: Session, settings: Settings, spec: FinetuneSpec) -> tuple[str, int, str]:
     """(method, stage, base model): from the parent for a second fine-tune, else from the request."""
-    from ml.config import METHODS
+    from ml.config import TrainConfig
+    from ml.vocabulary import METHODS
 
     if spec.parent_model_id is None:
         if spec.method is None:
@@ -127,19 +128,14 @@ def _lineage_choice(session: Session, settings: Settings, spec: FinetuneSpec) ->
         return spec.method, 1, base_model
 
     parent = finished_parent(session, spec.parent_model_id)
-    if spec.method is not None and spec.method != parent.method:
-        raise InvalidRequest(
-            f"the parent model was trained with method '{parent.method}'; a second fine-tune continues the "
-            f"same method and cannot switch to '{spec.method}'",
-            code="method_mismatch",
-            details={"parent_method": parent.method, "requested_method": spec.method},
-        )
+    lineage = {"method": parent.method, "stage": parent.stage, "hyperparameters": parent.hyperparameters}
+    config = TrainConfig.for_parent(lineage, spec.hyperparameters, method=spec.method)
     if spec.base_model is not None and spec.base_model != parent.base_model:
         raise InvalidRequest(
             "a second fine-tune uses its parent's base model; leave base_model out",
             code="base_model_mismatch",
         )
-    return parent.method, parent.stage + 1, parent.base_model
+    return config.method, config.stage, parent.base_model
 
 
 def finished_parent(session: Session, parent_model_id: str) -> Model:
