@@ -30,6 +30,7 @@ from ml import synth  # noqa: E402
 from ml.config import TrainConfig  # noqa: E402
 from ml.finetune import TrainHooks, finetune  # noqa: E402
 from ml.model_cache import ModelCache  # noqa: E402
+from ml.vocabulary import METHODS  # noqa: E402
 
 
 def csv_bytes(frame) -> bytes:
@@ -67,9 +68,24 @@ def epoch_printer(stage: str) -> TrainHooks:
     return TrainHooks(on_progress=show)
 
 
+def timed_finetune(results: dict, name: str, train, config: TrainConfig, root: Path, parent=None) -> dict:
+    """Fine-tune into root/name (continuing root/parent if given); records the seconds it took."""
+    started = time.monotonic()
+    manifest = finetune(
+        csv_bytes(train),
+        config,
+        root / name,
+        model_id=name,
+        parent_dir=root / parent if parent else None,
+        hooks=epoch_printer(name),
+    )
+    results[f"{name}_train_seconds"] = round(time.monotonic() - started)
+    return manifest
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--method", default="full", choices=("full", "lora", "adalora"))
+    parser.add_argument("--method", default="full", choices=METHODS)
     parser.add_argument("--train-rows", type=int, default=2000)
     parser.add_argument("--second-rows", type=int, default=600)
     parser.add_argument("--test-rows", type=int, default=2000)
@@ -85,25 +101,10 @@ def main() -> None:
     results: dict = {"method": args.method}
     with tempfile.TemporaryDirectory() as tmp:
         root, cache = Path(tmp), ModelCache(max_models=2)
-        started = time.monotonic()
-        first = finetune(
-            csv_bytes(narrative_train),
-            TrainConfig.for_stage(1, args.method, args.first),
-            root / "first",
-            model_id="first",
-            hooks=epoch_printer("first"),
-        )
-        results["first_train_seconds"] = round(time.monotonic() - started)
-        started = time.monotonic()
-        second = finetune(
-            csv_bytes(terse_train),
-            TrainConfig.for_stage(2, args.method, args.second),
-            root / "second",
-            model_id="second",
-            parent_dir=root / "first",
-            hooks=epoch_printer("second"),
-        )
-        results["second_train_seconds"] = round(time.monotonic() - started)
+        first_config = TrainConfig.for_stage(1, args.method, args.first)
+        first = timed_finetune(results, "first", narrative_train, first_config, root)
+        second_config = TrainConfig.for_parent(first, args.second)
+        second = timed_finetune(results, "second", terse_train, second_config, root, parent="first")
         results.update(
             {
                 "first_best_epoch": first["best_epoch"],

@@ -11,41 +11,11 @@ import json
 import sys
 from pathlib import Path
 
-from ml.config import EARLY_STOPPING_METRICS, METHODS, TrainConfig
+from ml.config import TrainConfig, default_of, describe, hyperparameter_fields, limits_text, value_type
 from ml.errors import UserError
+from ml.vocabulary import BASE, MAX_MODELS, METHODS
 
 USER_ERROR = 2
-
-# CLI flag -> TrainConfig field; None values mean "use the stage default".
-HYPERPARAMETER_FLAGS = {
-    "epochs": int,
-    "lr": float,
-    "batch_size": int,
-    "warmup_steps": int,
-    "weight_multiplier": float,
-    "max_length": int,
-    "patience": int,
-    "seed": int,
-    "grad_clip": float,
-    "weight_decay": float,
-    "val_fraction": float,
-    "min_rows": int,
-    "threshold_mode": str,
-    "pooling": str,
-    "head_init": str,
-    "refit_head": str,  # true/false
-    "ema_decay": float,
-    "layer_lr_decay": float,
-    "lora_r": int,
-    "lora_alpha": int,
-    "lora_dropout": float,
-    "target_modules": str,
-    "adalora_init_r": int,
-    "adalora_target_r": int,
-    "adalora_tinit": int,
-    "adalora_tfinal": int,
-    "adalora_delta_t": int,
-}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,27 +63,54 @@ def _add_train(commands) -> None:
     train.add_argument(
         "--parent-train", type=Path, help="the parent's training CSV, for the forgetting check"
     )
-    train.add_argument("--method", choices=METHODS, help="full | lora | adalora (inherited with --parent)")
+    train.add_argument("--method", choices=METHODS, help="default full; inherited with --parent")
     train.add_argument("--base-model", help="local path or hub name (default: the packaged MiniLM)")
-    train.add_argument("--metric", choices=EARLY_STOPPING_METRICS, help="early-stopping metric (default f1)")
-    train.add_argument("--temperature-scaling", action="store_true", help="fit a temperature on validation")
-    for name, kind in HYPERPARAMETER_FLAGS.items():
-        train.add_argument("--" + name.replace("_", "-"), dest=name, type=kind)
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    options = train.add_argument_group("hyperparameters (left out: the stage default, or the parent's)")
+    for spec in hyperparameter_fields():
+        _add_hyperparameter_flag(options, spec)
     train.set_defaults(func=run_train)
+
+
+def _add_hyperparameter_flag(group, spec) -> None:
+    """A flag for one TrainConfig field. Values are checked by TrainConfig, so a bad one gets the same
+    message as in the API; None means "not given"."""
+    kind, choices = value_type(spec), spec.metadata.get("choices")
+    flag, help_text = "--" + spec.name.replace("_", "-"), _flag_help(spec).replace("%", "%%")
+    if kind is bool:
+        group.add_argument(
+            flag, dest=spec.name, nargs="?", const="true", metavar="true|false", help=help_text
+        )
+        return
+    group.add_argument(
+        flag,
+        dest=spec.name,
+        type=kind if kind in (int, float) else str,
+        metavar="{" + ",".join(choices) + "}" if choices else None,
+        help=help_text,
+    )
+
+
+def _flag_help(spec) -> str:
+    default = default_of(spec)
+    if isinstance(default, list):
+        default = ",".join(default)
+    notes = [limits_text(spec), "" if default is None else f"default {default}"]
+    shown = "; ".join(note for note in notes if note)
+    return describe(spec) + (f" ({shown})" if shown else "")
 
 
 def run_train(args: argparse.Namespace) -> int:
     from ml.finetune import finetune
+    from ml.modeling import quiet_library_logs
     from models_store.store import read_manifest
 
-    parent = read_manifest(args.parent) if args.parent else None
-    method = args.method or (parent["method"] if parent else "full")
-    stage = parent["stage"] + 1 if parent else 1
-    overrides = {name: getattr(args, name) for name in HYPERPARAMETER_FLAGS}
-    overrides["metric"] = args.metric
-    overrides["temperature_scaling"] = args.temperature_scaling or None
-    config = TrainConfig.for_stage(stage, method, overrides)
+    quiet_library_logs()
+    overrides = {spec.name: getattr(args, spec.name) for spec in hyperparameter_fields()}
+    if args.parent:
+        config = TrainConfig.for_parent(read_manifest(args.parent), overrides, method=args.method)
+    else:
+        config = TrainConfig.for_stage(1, args.method or "full", overrides)
     with _ProgressBar(enabled=not args.quiet) as progress:
         manifest = finetune(
             args.train,
@@ -179,12 +176,14 @@ def _add_evaluate(commands) -> None:
 def run_evaluate(args: argparse.Namespace) -> int:
     from ml.evaluate import evaluate_models
     from ml.model_cache import ModelCache
+    from ml.modeling import quiet_library_logs
 
+    quiet_library_logs()
     models, base_model = _chosen_models(args)
     report, _ = evaluate_models(
         args.test,
         models,
-        cache=ModelCache(max_models=8),
+        cache=ModelCache(max_models=MAX_MODELS),
         base_model=base_model,
         n_resamples=args.resamples,
         seed=args.seed,
@@ -209,12 +208,14 @@ def run_predict(args: argparse.Namespace) -> int:
     from ml.data import parse_text_csv
     from ml.evaluate import score_models
     from ml.model_cache import ModelCache
+    from ml.modeling import quiet_library_logs
 
+    quiet_library_logs()
     texts = args.text if args.text else parse_text_csv(args.csv.read_bytes())
     if args.threshold is not None and not 0 <= args.threshold <= 1:
         raise ValueError("--threshold must be between 0 and 1")
     models, base_model = _chosen_models(args)
-    outputs = score_models(texts, models, cache=ModelCache(max_models=8), base_model=base_model)
+    outputs = score_models(texts, models, cache=ModelCache(max_models=MAX_MODELS), base_model=base_model)
     predictions = []
     for index in range(len(texts)):
         row = {"index": index}
@@ -240,7 +241,7 @@ def _chosen_models(args: argparse.Namespace):
     if manifests and base_model is None:
         base_model = manifests[0][1]["base_model"]
     if args.base:
-        models.append(EvaluationModel("base", None, None))
+        models.append(EvaluationModel(BASE, None, None))
     for path, manifest in manifests:
         models.append(EvaluationModel(path.name, manifest["id"], path))
     if not models:

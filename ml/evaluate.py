@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ml.data import inspect_csv
-from ml.errors import UserError
+from ml.errors import Cancelled, UserError
 from ml.model_cache import ModelCache
 from ml.modeling import resolve_base_model
 from ml.report import ModelOutput, evaluate_outputs
@@ -30,7 +30,7 @@ class EvaluationHooks:
     should_stop: Callable[[], bool] | None = None
 
 
-class EvaluationCancelled(Exception):
+class EvaluationCancelled(Cancelled):
     """The caller asked to stop (should_stop returned True); no report was made."""
 
 

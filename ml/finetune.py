@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 from transformers import get_linear_schedule_with_warmup
 
 from ml import metrics as metric_fns
-from ml.config import ConfigError, TrainConfig
+from ml.config import ConfigError, TrainConfig, pooling_of
 from ml.data import (
     DatasetSummary,
     LabeledNotes,
@@ -37,23 +38,21 @@ from ml.data import (
     stratified_split,
     training_batches,
 )
-from ml.errors import UserError
-from ml.forward import predict_logits
+from ml.errors import Cancelled
+from ml.forward import logits_for_model_dir, predict_logits
 from ml.modeling import (
     METHOD_REGISTRY,
     adalora_ranks,
-    adamw,
     effective_pooling,
     load_base_classifier,
     load_tokenizer,
     pick_device,
-    pooling_of,
     resolve_base_model,
     trainable_parameter_count,
-    training_uses_bf16,
 )
-from ml.optim import WeightAverage, parameter_groups, scaled_learning_rates
+from ml.optim import WeightAverage, optimizer_for, training_uses_bf16
 from ml.probe import fit_head_by_linear_probe
+from ml.report import forgetting_check
 from models_store.store import atomic_directory, read_manifest, write_manifest
 
 MANIFEST_VERSION = 1
@@ -78,15 +77,8 @@ class TrainHooks:
     should_stop: Callable[[], bool] | None = None
 
 
-class TrainingCancelled(Exception):
+class TrainingCancelled(Cancelled):
     """The caller asked to stop (should_stop returned True); nothing was written."""
-
-
-class MethodMismatchError(UserError):
-    """A continued fine-tune must use its parent's method."""
-
-    status_code = 409
-    code = "method_mismatch"
 
 
 @dataclass
@@ -97,11 +89,49 @@ class _Split:
     val_ids: list[list[int]]
 
 
+@dataclass
+class _Prepared:
+    """Everything a run needs before a model exists: the final config, the data, where to run."""
+
+    config: TrainConfig
+    base_model: str
+    tokenizer: Any
+    summary: DatasetSummary
+    split: _Split
+    total_steps: int
+    device: torch.device
+    parent: dict | None
+    parent_dir: Path | None
+
+
+@dataclass
+class _Trained:
+    history: list[dict]
+    best_epoch: int
+    steps_run: int
+    bf16: bool
+    linear_probe: dict | None
+    trainable_parameters: int
+    adalora_ranks: dict | None
+
+
+@dataclass
+class _Assessment:
+    validation_metrics: dict
+    threshold: float
+    threshold_note: str | None
+    temperature: float
+    calibration: dict
+    comparison: dict
+    logit_fingerprint: list[list[float]]
+    forgetting_check: dict | None
+
+
 def class_weights(labels: np.ndarray, weight_multiplier: float) -> torch.Tensor:
     """Cross-entropy weights: w(0) = 1, w(1) = (n0 / n1) * weight_multiplier.
 
-    With multiplier 1 the two classes weigh the same in total; the seed's 0.8 leans slightly back
-    towards the majority class so the model is not pushed into over-predicting deaths.
+    With multiplier 1 the two classes weigh the same in total; the original recipe's 0.8 leans
+    slightly back towards the majority class so the model is not pushed into over-predicting deaths.
     """
     n0, n1 = int((labels == 0).sum()), int((labels == 1).sum())
     return torch.tensor([1.0, (n0 / n1) * weight_multiplier], dtype=torch.float32)
@@ -120,18 +150,28 @@ def finetune(
 ) -> dict:
     """Train a model on `train_csv` and write it to `out_dir`; returns its manifest.
 
-    With `parent_dir`, continue that model (its method and base model are inherited). With
-    `parent_train_csv` (the parent's own training file), the parent's validation split is rebuilt
-    and the manifest carries the forgetting check: parent vs this model on the parent's data.
+    With `parent_dir`, continue that model (see `TrainConfig.for_parent`: its method, base model and
+    architecture are inherited). With `parent_train_csv` (the parent's own training file), the
+    parent's validation split is rebuilt and the manifest carries the forgetting check: parent vs
+    this model on the parent's data.
     """
-    hooks = hooks or TrainHooks()
     if Path(out_dir).exists():
         raise FileExistsError(f"{Path(out_dir).name} already exists: models are never overwritten")
+    prepared = _prepare(train_csv, config, base_model, Path(parent_dir) if parent_dir else None)
+    model = _build_model(prepared)
+    trained = _train(model, prepared, hooks or TrainHooks())
+    assessment = _assess(model, prepared, parent_train_csv)
+    manifest = build_manifest(model_id or uuid.uuid4().hex, prepared, trained, assessment)
+    _save(model, prepared.tokenizer, manifest, Path(out_dir))
+    return manifest
+
+
+def _prepare(train_csv, config: TrainConfig, base_model: str | None, parent_dir: Path | None) -> _Prepared:
+    """The final config (a continued fine-tune's from its parent), the checked data and its split."""
     parent = read_manifest(parent_dir) if parent_dir else None
     if parent is not None:
-        _check_inherited_method(parent, config)
+        config = TrainConfig.for_parent(parent, config.to_dict(), method=config.method)
         base_model = parent["base_model"]
-        config = _with_parent_architecture(config, parent)
     base_model = resolve_base_model(base_model)
     config = dataclasses.replace(config, pooling=effective_pooling(base_model, config.pooling))
     tokenizer = load_tokenizer(base_model)
@@ -141,90 +181,135 @@ def finetune(
     check_trainable(summary, config.min_rows)
     split = _split(notes, config, tokenizer)
     total_steps = config.epochs * steps_per_epoch(len(split.train), config.batch_size)
+    return _Prepared(
+        config, base_model, tokenizer, summary, split, total_steps, pick_device(), parent, parent_dir
+    )
 
+
+def _build_model(prepared: _Prepared) -> torch.nn.Module:
+    config = prepared.config
     _seed_everything(config.seed)
     method = METHOD_REGISTRY[config.method]
-    if parent_dir is not None:
-        model = method.resume(Path(parent_dir), config, base_model, total_steps)
+    if prepared.parent_dir is not None:
+        model = method.resume(prepared.parent_dir, config, prepared.base_model, prepared.total_steps)
     else:
-        model = method.start(config, base_model, total_steps)
-    device = pick_device()
-    model.to(device)
-    probe = None
-    wants_probe = config.refit_head if parent is not None else config.head_init == "linear_probe"
-    if wants_probe:
-        weight = class_weights(split.train.labels, config.weight_multiplier)[1]
-        probe = fit_head_by_linear_probe(
-            model, split.train_ids, split.train.labels, split.val_ids, split.val.labels,
-            tokenizer.pad_token_id, weight, device,
-        )  # fmt: skip
-    ranks_before = adalora_ranks(model)
+        model = method.start(config, prepared.base_model, prepared.total_steps)
+    return model.to(prepared.device)
 
-    run = _TrainingRun(model, config, split, tokenizer.pad_token_id, total_steps, hooks, device)
-    run.allocate_ranks = config.method == "adalora" and parent is None
+
+def _train(model, prepared: _Prepared, hooks: TrainHooks) -> _Trained:
+    """The head start, then the loop; leaves the model holding the best epoch's weights."""
+    probe = _head_start(model, prepared)
+    ranks_before = adalora_ranks(model)
+    run = _TrainingRun(model, prepared, hooks)
     history = run.fit()
     run.restore_best()
     model.eval()
+    ranks = None
+    if prepared.config.method == "adalora":
+        ranks = {"before": ranks_before, "after": adalora_ranks(model)}
+    return _Trained(
+        history=history,
+        best_epoch=run.best_epoch,
+        steps_run=run.global_step,
+        bf16=run.bf16,
+        linear_probe=probe,
+        trainable_parameters=trainable_parameter_count(model),
+        adalora_ranks=ranks,
+    )
 
-    val_logits = predict_logits(model, split.val_ids, tokenizer.pad_token_id, config.eval_batch_size, device)
+
+def _head_start(model, prepared: _Prepared) -> dict | None:
+    """Fit the head as a linear probe first: a new model's if head_init asks, a continued one's if
+    refit_head does. Returns the probe's report, or None."""
+    config, split = prepared.config, prepared.split
+    wants_probe = config.refit_head if prepared.parent is not None else config.head_init == "linear_probe"
+    if not wants_probe:
+        return None
+    weight = class_weights(split.train.labels, config.weight_multiplier)[1]
+    return fit_head_by_linear_probe(
+        model, split.train_ids, split.train.labels, split.val_ids, split.val.labels,
+        prepared.tokenizer.pad_token_id, weight, prepared.device,
+    )  # fmt: skip
+
+
+def _assess(model, prepared: _Prepared, parent_train_csv) -> _Assessment:
+    """Threshold and calibration on validation, and the comparisons with the base and the parent."""
+    config, split, device, parent = prepared.config, prepared.split, prepared.device, prepared.parent
+    pad_id = prepared.tokenizer.pad_token_id
+    val_logits = predict_logits(model, split.val_ids, pad_id, config.eval_batch_size, device)
     temperature = (
         metric_fns.fit_temperature(val_logits, split.val.labels) if config.temperature_scaling else 1.0
     )
     val_prob = metric_fns.softmax_probability(val_logits, temperature)
     threshold, threshold_note = metric_fns.choose_threshold(split.val.labels, val_prob, config.threshold_mode)
+    comparison = _base_comparison(prepared, val_prob, threshold)
+    forgetting = None
+    if parent is not None:
+        comparison["parent_vs_fine_tuned"] = _parent_comparison(prepared, val_prob, threshold)
+        if parent_train_csv is not None:
+            forgetting = _forgetting_check(prepared, parent_train_csv, model, temperature, threshold)
+    return _Assessment(
+        validation_metrics=metric_fns.binary_metrics(split.val.labels, val_prob, threshold),
+        threshold=threshold,
+        threshold_note=threshold_note,
+        temperature=temperature,
+        calibration=metric_fns.calibration_report(split.val.labels, val_logits, temperature),
+        comparison=comparison,
+        logit_fingerprint=logit_fingerprint(model, prepared.tokenizer, split.val.texts, config, device),
+        forgetting_check=forgetting,
+    )
 
-    model_id = model_id or uuid.uuid4().hex
+
+def build_manifest(model_id: str, prepared: _Prepared, trained: _Trained, assessment: _Assessment) -> dict:
+    """The model's manifest.json: what was trained on what, how, and how well."""
+    config, parent = prepared.config, prepared.parent
     manifest = {
         "manifest_version": MANIFEST_VERSION,
         "id": model_id,
         "parent_id": parent["id"] if parent else None,
-        "base_model": base_model,
+        "base_model": prepared.base_model,
         "method": config.method,
         "stage": config.stage,
         "hyperparameters": config.to_dict(),
-        "data": _data_record(summary, split),
+        "data": _data_record(prepared.summary, prepared.split),
         "seed": config.seed,
         "versions": _library_versions(),
-        "device": str(device),
-        "training_precision": "bf16 autocast" if run.bf16 else "fp32",
-        "total_steps": total_steps,
-        "steps_run": run.global_step,
-        "trainable_parameters": trainable_parameter_count(model),
-        "linear_probe": probe,
-        "best_epoch": run.best_epoch,
-        "epochs_run": len(history),
-        "stopped_early": len(history) < config.epochs,
-        "history": history,
-        "validation_metrics": metric_fns.binary_metrics(split.val.labels, val_prob, threshold),
-        "threshold": threshold,
+        "device": str(prepared.device),
+        "training_precision": "bf16 autocast" if trained.bf16 else "fp32",
+        "total_steps": prepared.total_steps,
+        "steps_run": trained.steps_run,
+        "trainable_parameters": trained.trainable_parameters,
+        "linear_probe": trained.linear_probe,
+        "best_epoch": trained.best_epoch,
+        "epochs_run": len(trained.history),
+        "stopped_early": len(trained.history) < config.epochs,
+        "history": trained.history,
+        "validation_metrics": assessment.validation_metrics,
+        "threshold": assessment.threshold,
         "threshold_mode": config.threshold_mode,
-        "threshold_note": threshold_note,
-        "temperature": temperature,
-        "calibration": metric_fns.calibration_report(split.val.labels, val_logits, temperature),
-        "comparison": _base_comparison(base_model, split, val_prob, threshold, config, device),
-        "logit_fingerprint": logit_fingerprint(model, tokenizer, split.val.texts, config, device),
+        "threshold_note": assessment.threshold_note,
+        "temperature": assessment.temperature,
+        "calibration": assessment.calibration,
+        "comparison": assessment.comparison,
+        "logit_fingerprint": assessment.logit_fingerprint,
     }
-    if parent is not None:
-        manifest["comparison"]["parent_vs_fine_tuned"] = _parent_comparison(
-            parent, Path(parent_dir), split.val, val_prob, threshold, device
-        )
-    if config.method == "adalora":
-        manifest["adalora_ranks"] = {"before": ranks_before, "after": adalora_ranks(model)}
-    if parent is not None and parent_train_csv is not None:
-        manifest["forgetting_check"] = _forgetting_check(
-            parent, Path(parent_dir), parent_train_csv, model, tokenizer, temperature, threshold, device
-        )
-    _save(model, tokenizer, manifest, Path(out_dir))
+    if trained.adalora_ranks is not None:
+        manifest["adalora_ranks"] = trained.adalora_ranks
+    if assessment.forgetting_check is not None:
+        manifest["forgetting_check"] = assessment.forgetting_check
     return manifest
 
 
 class _TrainingRun:
     """The state of one training loop, so the loop itself reads top to bottom."""
 
-    def __init__(self, model, config: TrainConfig, split: _Split, pad_id, total_steps, hooks, device):
-        self.model, self.config, self.split, self.pad_id = model, config, split, pad_id
-        self.total_steps, self.hooks, self.device = total_steps, hooks, device
-        self.allocate_ranks = False
+    def __init__(self, model, prepared: _Prepared, hooks: TrainHooks):
+        config, split, device = prepared.config, prepared.split, prepared.device
+        self.model, self.config, self.split, self.hooks, self.device = model, config, split, hooks, device
+        self.pad_id, self.total_steps = prepared.tokenizer.pad_token_id, prepared.total_steps
+        # A continued AdaLoRA adapter is loaded already cut to its ranks: nothing to allocate.
+        self.allocate_ranks = config.method == "adalora" and prepared.parent is None
         self.global_step = 0
         self.best_score = -math.inf
         self.best_epoch = 0
@@ -232,13 +317,12 @@ class _TrainingRun:
         self.best_rank_pattern: dict | None = None
         self.started = time.monotonic()
         self.weights = class_weights(split.train.labels, config.weight_multiplier).to(device)
-        groups = parameter_groups(model, config.weight_decay, config.layer_lr_decay)
-        self.optimizer = adamw(scaled_learning_rates(groups, config.lr), config.lr)
+        self.optimizer = optimizer_for(model, config.lr, config.weight_decay, config.layer_lr_decay)
         self.average = WeightAverage(model, config.ema_decay) if config.ema_decay > 0 else None
         self.bf16 = training_uses_bf16(config.precision, device)
         # Warm-up is capped at half the run so short runs still reach the peak rate and decay.
-        self.warmup = min(config.warmup_steps, total_steps // 2)
-        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, self.warmup, total_steps)
+        self.warmup = min(config.warmup_steps, self.total_steps // 2)
+        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, self.warmup, self.total_steps)
 
     def fit(self) -> list[dict]:
         history, epochs_without_gain = [], 0
@@ -273,7 +357,6 @@ class _TrainingRun:
         self.best_epoch = epoch
         self.best_state = _cpu_copy(self.model.state_dict())
         if self.allocate_ranks:
-            # A continued AdaLoRA adapter is loaded already cut to its ranks: nothing to mask.
             self.best_rank_pattern = copy.deepcopy(_rank_pattern(self.model))
 
     def restore_best(self) -> None:
@@ -371,87 +454,52 @@ def _split(notes: LabeledNotes, config: TrainConfig, tokenizer) -> _Split:
     )
 
 
-# Fields that shape the saved model: a continued fine-tune keeps its parent's, whatever it was asked.
-ARCHITECTURE_FIELDS = (
-    "pooling",
-    "lora_r",
-    "lora_alpha",
-    "lora_dropout",
-    "target_modules",
-    "adalora_init_r",
-    "adalora_target_r",
-    "adalora_orth_reg_weight",
-)
-
-
-def _with_parent_architecture(config: TrainConfig, parent: dict) -> TrainConfig:
-    inherited = {
-        name: parent["hyperparameters"][name]
-        for name in ARCHITECTURE_FIELDS
-        if name in parent["hyperparameters"]
-    }
-    inherited["pooling"] = pooling_of(parent)
-    return dataclasses.replace(config, **inherited)
-
-
-def _check_inherited_method(parent: dict, config: TrainConfig) -> None:
-    if parent["method"] != config.method:
-        raise MethodMismatchError(
-            f"a continued fine-tune inherits its parent's method: the parent was trained with "
-            f"{parent['method']!r}, this request asks for {config.method!r}"
-        )
-
-
-def _base_comparison(base_model, split: _Split, tuned_prob, threshold, config, device) -> dict:
+def _base_comparison(prepared: _Prepared, tuned_prob, threshold: float) -> dict:
     """Untrained base (seeded random head) vs the fine-tuned model on the validation split."""
-    base = load_base_classifier(base_model, config.pooling).to(device).eval()
-    pad_id = load_tokenizer(base_model).pad_token_id
-    base_logits = predict_logits(base, split.val_ids, pad_id, config.eval_batch_size, device)
+    config, val = prepared.config, prepared.split.val
+    base = load_base_classifier(prepared.base_model, config.pooling).to(prepared.device).eval()
+    pad_id = load_tokenizer(prepared.base_model).pad_token_id
+    base_logits = predict_logits(
+        base, prepared.split.val_ids, pad_id, config.eval_batch_size, prepared.device
+    )
     base_prob = metric_fns.softmax_probability(base_logits)
     return {
         "on": "validation split",
-        "base_untrained": metric_fns.binary_metrics(split.val.labels, base_prob, 0.5),
-        "fine_tuned": metric_fns.binary_metrics(split.val.labels, tuned_prob, threshold),
+        "base_untrained": metric_fns.binary_metrics(val.labels, base_prob, 0.5),
+        "fine_tuned": metric_fns.binary_metrics(val.labels, tuned_prob, threshold),
     }
 
 
-def _parent_comparison(parent, parent_dir, val: LabeledNotes, tuned_prob, threshold, device) -> dict:
+def _parent_comparison(prepared: _Prepared, tuned_prob, threshold: float) -> dict:
     """Parent vs this model on this model's validation split: did the second fine-tune help here?"""
-    from ml.forward import logits_for_model_dir
-    from ml.report import forgetting_check
-
-    parent_prob = metric_fns.softmax_probability(
-        logits_for_model_dir(parent_dir, parent, val.texts, device), parent.get("temperature", 1.0)
-    )
+    parent, val = prepared.parent, prepared.split.val
+    parent_prob = _parent_probabilities(prepared, val.texts)
     # forgetting_check is a paired comparison (second - parent) with bootstrap CIs and DeLong;
     # here it runs on the new data instead of the parent's.
     return forgetting_check(val.labels, parent_prob, tuned_prob, parent["threshold"], threshold)
 
 
-def _forgetting_check(parent, parent_dir, parent_train_csv, model, tokenizer, temperature, threshold, device):
-    from ml.forward import logits_for_model_dir
-    from ml.report import forgetting_check
-
+def _forgetting_check(prepared: _Prepared, parent_train_csv, model, temperature: float, threshold: float):
+    """Parent vs this model on the parent's own validation split: what did the second fine-tune cost?"""
+    parent, tokenizer = prepared.parent, prepared.tokenizer
     notes, summary = inspect_csv(parent_train_csv, base_model=parent["base_model"])
     if summary.sha256 != parent["data"]["sha256"]:
         raise ConfigError("the parent's training file does not match the sha256 in the parent's manifest")
-    parent_config = TrainConfig.for_stage(
-        parent["stage"], parent["method"], _stage_free(parent["hyperparameters"])
-    )
+    parent_config = TrainConfig.for_stage(parent["stage"], parent["method"], parent["hyperparameters"])
     _, parent_val = split_for_training(notes, parent_config)
-    parent_prob = metric_fns.softmax_probability(
-        logits_for_model_dir(parent_dir, parent, parent_val.texts, device), parent.get("temperature", 1.0)
-    )
+    parent_prob = _parent_probabilities(prepared, parent_val.texts)
     ids = encode(tokenizer, parent_val.texts, parent_config.max_length, pooling_of(parent))
     second_prob = metric_fns.softmax_probability(
-        predict_logits(model, ids, tokenizer.pad_token_id, 64, device), temperature
+        predict_logits(model, ids, tokenizer.pad_token_id, 64, prepared.device), temperature
     )
     check = forgetting_check(parent_val.labels, parent_prob, second_prob, parent["threshold"], threshold)
     return {"on": "the parent's validation split", "rows": len(parent_val), **check}
 
 
-def _stage_free(hyperparameters: dict) -> dict:
-    return {k: v for k, v in hyperparameters.items() if k not in ("method", "stage")}
+def _parent_probabilities(prepared: _Prepared, texts: list[str]) -> np.ndarray:
+    parent = prepared.parent
+    logits = logits_for_model_dir(prepared.parent_dir, parent, texts, prepared.device)
+    return metric_fns.softmax_probability(logits, parent.get("temperature", 1.0))
 
 
 def _data_record(summary: DatasetSummary, split: _Split) -> dict:

@@ -8,11 +8,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ml.config import DEFAULT_POOLING
+from ml.config import max_length_of, pooling_of
 from ml.data import encode, inference_batches, pad_batch
-from ml.modeling import load_for_inference, load_tokenizer, mixed_adapters, pooling_of
-
-DEFAULT_MAX_LENGTH = 256
+from ml.modeling import load_for_inference, load_tokenizer, mixed_adapters
+from ml.vocabulary import DEFAULT_POOLING
 
 
 @torch.inference_mode()
@@ -65,5 +64,6 @@ def logits_for_model_dir(
     """Load a saved model on its own and score `texts` (used for one-off comparisons)."""
     model = load_for_inference(Path(model_dir), manifest).to(device)
     tokenizer = load_tokenizer(manifest["base_model"])
-    max_length = manifest.get("hyperparameters", {}).get("max_length", DEFAULT_MAX_LENGTH)
-    return logits_for_texts(model, tokenizer, texts, max_length, device, pooling=pooling_of(manifest))
+    return logits_for_texts(
+        model, tokenizer, texts, max_length_of(manifest), device, pooling=pooling_of(manifest)
+    )

@@ -17,6 +17,8 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import expit
 
+from ml.config import THRESHOLD_MODES_HELP
+
 METRIC_NAMES = (
     "accuracy",
     "precision",
@@ -29,7 +31,6 @@ METRIC_NAMES = (
     "brier",
     "ece",
 )
-THRESHOLD_MODES_HELP = "0.5 | youden | sensitivity>=X (0<X<=1)"
 TEMPERATURE_BOUNDS = (0.05, 20.0)
 DEFAULT_ECE_BINS = 10
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from peft import PeftModel
 
+from ml.config import max_length_of, pooling_of
 from ml.data import encode
 from ml.forward import predict_logits
 from ml.metrics import softmax_probability
@@ -34,7 +35,6 @@ from ml.modeling import (
     load_classifier,
     load_tokenizer,
     pick_device,
-    pooling_of,
     resolve_base_model,
 )
 from ml.vocabulary import DEFAULT_MAX_LENGTH, DEFAULT_POOLING
@@ -178,7 +178,7 @@ class ModelCache:
             executor,
             adapter,
             manifest["base_model"],
-            int(manifest["hyperparameters"].get("max_length", DEFAULT_MAX_LENGTH)),
+            max_length_of(manifest),
             pooling,
             float(manifest.get("temperature") or 1.0),
             float(manifest["threshold"]),

@@ -30,20 +30,28 @@ from transformers import (
 from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.utils import logging as hf_logging
 
-from ml.config import DEFAULT_POOLING, TrainConfig, adalora_schedule, default_base_model
+from ml.config import TrainConfig, adalora_schedule, default_base_model, pooling_of
+from ml.vocabulary import DEFAULT_POOLING
 
 # The untrained base model's classifier head is random; seeding it makes "base" a fixed, repeatable
 # baseline (the same logits in every process), independent of the training seed.
 BASE_HEAD_SEED = 1234
 NUM_LABELS = 2
 
-# Library chatter (deprecations inside transformers/peft, PEFT's note that AdaLoRA's saved rank
-# pattern keys are not module names) says nothing about our run and drowns the progress output.
-warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)\.")
-warnings.filterwarnings("ignore", message=r".*rank_pattern keys did not match.*")
-hf_logging.set_verbosity_error()
-hf_logging.disable_progress_bar()
-logging.getLogger("transformers").setLevel(logging.ERROR)
+
+@functools.cache
+def quiet_library_logs() -> None:
+    """Silence library chatter for a process that trains or scores (called by the entry points).
+
+    Deprecations inside transformers/peft, PEFT's note that AdaLoRA's saved rank pattern keys are
+    not module names, and the "newly initialised head" notice say nothing about our run and drown
+    the progress output.
+    """
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)\.")
+    warnings.filterwarnings("ignore", message=r".*rank_pattern keys did not match.*")
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    logging.getLogger("transformers").setLevel(logging.ERROR)
 
 
 def resolve_base_model(base_model: str | None) -> str:
@@ -203,11 +211,6 @@ def load_base_classifier(base_model: str | None = None, pooling: str = DEFAULT_P
         return load_classifier(resolve_base_model(base_model), pooling)
 
 
-def pooling_of(manifest: dict) -> str:
-    # Models saved before pooling was configurable used the [CLS] pooler.
-    return manifest.get("hyperparameters", {}).get("pooling", "cls")
-
-
 class Method(Protocol):
     name: str
 
@@ -365,30 +368,6 @@ def adalora_ranks(model: torch.nn.Module) -> dict[str, int]:
             key = next((k for k in pattern if k.removesuffix(".default").endswith(wanted)), None)
             ranks[layer] = int(sum(pattern[key])) if key else int(param.shape[0])
     return ranks
-
-
-def training_uses_bf16(precision: str, device: torch.device) -> bool:
-    """Whether to autocast training to bf16: on CUDA, and on CPUs that do bf16 natively."""
-    if precision != "auto":
-        return precision == "bf16"
-    return device.type == "cuda" or _cpu_has_native_bf16()
-
-
-@functools.lru_cache(maxsize=1)
-def _cpu_has_native_bf16() -> bool:
-    # Without AMX / AVX512-BF16, CPU bf16 is emulated and slower than fp32.
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def adamw(parameter_groups: list[dict], lr: float) -> torch.optim.Optimizer:
-    """AdamW, fused where torch supports it (one kernel for all tensors: 4x faster steps on CPU)."""
-    try:
-        return torch.optim.AdamW(parameter_groups, lr=lr, fused=True)
-    except (RuntimeError, TypeError):
-        return torch.optim.AdamW(parameter_groups, lr=lr)
 
 
 def pick_device() -> torch.device:

@@ -25,8 +25,8 @@ from ml.metrics import (
     roc_points,
 )
 from ml.report import ModelOutput
+from ml.vocabulary import PLOT_KINDS
 
-PLOT_KINDS = ("roc", "pr", "confusion", "calibration")
 DPI = 100
 PIXEL_RANGE = (200, 4000)
 _NAME_CHARS = 32

@@ -29,8 +29,8 @@ from ml.stats import (
     metric_samples,
     stratified_bootstrap_indices,
 )
+from ml.vocabulary import MAX_MODELS
 
-MAX_MODELS = 8
 ALPHA = 0.05
 FORGETTING_METRICS = ("roc_auc", "f1", "sensitivity", "specificity", "accuracy")
 THRESHOLD_KINDS = {"at_0_5": "0.5", "at_threshold": "decision"}

@@ -39,6 +39,9 @@ _monitors: list[WorkerMonitor] = []
 def _fresh_runtime_after_fork(**_: Any) -> None:
     # A forked pool process must not share the parent's database connections.
     runtime_holder.reset()
+    from ml.modeling import quiet_library_logs  # here, not at import: it loads torch
+
+    quiet_library_logs()
 
 
 @signals.worker_ready.connect

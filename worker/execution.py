@@ -19,7 +19,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from core.db.models import Job
 from core.services import runs
 from core.services.jobs import progress_record
-from ml.errors import UserError
+from ml.errors import Cancelled, UserError
 from worker.runtime import WorkerRuntime
 
 log = logging.getLogger("notetune.worker")
@@ -130,20 +130,11 @@ def run_job(
             _finish_failed(
                 runtime, job, attempt, f"the job ran past its time limit of {limit} s and was stopped"
             )
+        except Cancelled:  # its hooks said stop: a cancel, or the job is no longer this run's
+            _finish_cancelled(runtime, job, attempt)
         except Exception as error:
-            if _is_cancellation(error):
-                _finish_cancelled(runtime, job, attempt)
-            else:
-                log_failure(job_id, attempt, error)
-                _finish_failed(runtime, job, attempt, safe_error_message(error, job_id, attempt))
-
-
-def _is_cancellation(error: Exception) -> bool:
-    """The run stopped because its hooks said so (a cancel, or the job is no longer this run's)."""
-    from ml.evaluate import EvaluationCancelled
-    from ml.finetune import TrainingCancelled
-
-    return isinstance(error, TrainingCancelled | EvaluationCancelled)
+            log_failure(job_id, attempt, error)
+            _finish_failed(runtime, job, attempt, safe_error_message(error, job_id, attempt))
 
 
 def _finish_failed(runtime: WorkerRuntime, job: Job, attempt: int, error: str) -> None:

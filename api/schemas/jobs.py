@@ -7,6 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.schemas.common import ReadModel
 from core.db.models import JobKind, JobStatus
+from ml.config import hyperparameters_json_schema
 from ml.vocabulary import BASE, MAX_MODELS, METHODS
 
 
@@ -35,7 +36,13 @@ class FinetuneCreate(BaseModel):
         max_length=500,
         description="One of the service's allowed base models (default: its own).",
     )
-    hyperparameters: dict[str, Any] = Field(default_factory=dict, examples=[{"epochs": 3, "lr": 1e-5}])
+    # The schema documents TrainConfig's fields; the values are checked by TrainConfig.for_stage, so the
+    # API's errors for them are the CLI's and the worker's.
+    hyperparameters: dict[str, Any] = Field(
+        default_factory=dict,
+        examples=[{"epochs": 3, "lr": 1e-5}],
+        json_schema_extra=hyperparameters_json_schema(),
+    )
     name: str | None = Field(default=None, max_length=200)
 
 

@@ -28,6 +28,7 @@ from core.db.models import Job, JobEvent, JobKind, JobStatus, Model
 from core.db.repositories import JobEventRepository, JobRepository, ModelRepository, Page
 from core.errors import Conflict, InvalidRequest, NotFound, QueueUnavailable
 from core.services.datasets import get_dataset
+from core.services.models import allowed_base_models, configured_base_model
 from core.settings import Settings
 
 if TYPE_CHECKING:
@@ -126,36 +127,32 @@ def given_hyperparameters(config: Any, requested: dict[str, Any]) -> dict[str, A
 
 def _lineage_choice(session: Session, settings: Settings, spec: FinetuneSpec) -> tuple[str, int, str]:
     """(method, stage, base model): from the parent for a second fine-tune, else from the request."""
-    from ml.config import METHODS
+    from ml.config import TrainConfig
+    from ml.vocabulary import METHODS
 
     if spec.parent_model_id is None:
         if spec.method is None:
             raise InvalidRequest("'method' is required for a first fine-tune", code="method_required")
         if spec.method not in METHODS:
             raise InvalidRequest(f"method must be one of {', '.join(METHODS)}", code="unknown_method")
-        base_model = spec.base_model or settings.base_model
-        if not settings.base_model_allowed(base_model):
+        base_model = spec.base_model or configured_base_model(settings)
+        if base_model not in allowed_base_models(settings):
             raise InvalidRequest(
                 "base_model is not one of the base models this service allows",
                 code="base_model_not_allowed",
-                details={"allowed": [settings.base_model, *settings.allowed_base_models]},
+                details={"allowed": allowed_base_models(settings)},
             )
         return spec.method, 1, base_model
 
     parent = finished_parent(session, spec.parent_model_id)
-    if spec.method is not None and spec.method != parent.method:
-        raise InvalidRequest(
-            f"the parent model was trained with method '{parent.method}'; a second fine-tune continues the "
-            f"same method and cannot switch to '{spec.method}'",
-            code="method_mismatch",
-            details={"parent_method": parent.method, "requested_method": spec.method},
-        )
+    lineage = {"method": parent.method, "stage": parent.stage, "hyperparameters": parent.hyperparameters}
+    config = TrainConfig.for_parent(lineage, spec.hyperparameters, method=spec.method)
     if spec.base_model is not None and spec.base_model != parent.base_model:
         raise InvalidRequest(
             "a second fine-tune uses its parent's base model; leave base_model out",
             code="base_model_mismatch",
         )
-    return parent.method, parent.stage + 1, parent.base_model
+    return config.method, config.stage, parent.base_model
 
 
 def finished_parent(session: Session, parent_model_id: str) -> Model:

@@ -136,3 +136,14 @@ def test_pooling_and_head_start_flags_reach_the_manifest(capsys, tiny_bert, narr
         capsys, "train", "--train", narrative_csv, "--pooling", "attention", "--out", tmp_path / "x"
     )
     assert status == 2 and "pooling must be one of" in err and "Traceback" not in err
+
+
+def test_every_hyperparameter_is_a_train_flag_with_its_help(capsys):
+    from ml.config import hyperparameter_fields
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for spec in hyperparameter_fields():
+        assert "--" + spec.name.replace("_", "-") in out, spec.name
+    assert "Notes per training step. (between 1 and 1024; default 16)" in out

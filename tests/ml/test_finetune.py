@@ -8,19 +8,26 @@ import numpy as np
 import pytest
 import torch
 
-from ml.config import ConfigError, TrainConfig
+from ml.config import ConfigError, MethodMismatchError, TrainConfig
 from ml.data import encode
-from ml.finetune import MethodMismatchError, TrainHooks, TrainingCancelled, class_weights, finetune
+from ml.finetune import TrainHooks, TrainingCancelled, class_weights, finetune
 from ml.forward import predict_logits
 from ml.model_cache import ModelCache
 from ml.modeling import load_for_inference, load_tokenizer
+from ml.vocabulary import METHODS
 
-METHODS = ("full", "lora", "adalora")
 FAST = {"epochs": 2, "max_length": 64, "batch_size": 8, "warmup_steps": 2, "lr": 1e-3}
 
 
 def first_config(method: str, **overrides) -> TrainConfig:
     return TrainConfig.for_stage(1, method, {**FAST, **overrides})
+
+
+def first_step_loss(train_csv, config: TrainConfig, out_dir, base_model) -> float:
+    losses = []
+    hooks = TrainHooks(on_progress=lambda p: losses.append(p.loss) if p.event == "step" else None)
+    finetune(train_csv, config, out_dir, base_model=base_model, hooks=hooks)
+    return losses[0]
 
 
 @pytest.fixture(scope="module", params=METHODS)
@@ -100,13 +107,9 @@ def _validation_texts(manifest, root):
 
     source = "narrative.csv" if manifest["stage"] == 1 else "terse.csv"
     raw = next(p for p in root.parent.rglob(source)).read_bytes()
-    config = TrainConfig.for_stage(manifest["stage"], manifest["method"], _without_stage(manifest))
+    config = TrainConfig.for_stage(manifest["stage"], manifest["method"], manifest["hyperparameters"])
     _, val = split_for_training(parse_labeled_csv(raw), config)
     return val.texts[: len(manifest["logit_fingerprint"])]
-
-
-def _without_stage(manifest):
-    return {k: v for k, v in manifest["hyperparameters"].items() if k not in ("method", "stage")}
 
 
 def test_second_fine_tune_changes_the_model(lineage):
@@ -145,13 +148,8 @@ def test_adalora_ranks_change_in_the_first_run_and_stay_frozen_in_the_second(
 def test_adalora_keeps_its_orthogonal_regulariser(tiny_bert, narrative_csv, tmp_path):
     losses = {}
     for weight in (0.0, 50.0):
-        seen = []
-        hooks = TrainHooks(
-            on_progress=lambda p, seen=seen: seen.append(p.loss) if p.event == "step" else None
-        )
         config = first_config("adalora", epochs=1, adalora_orth_reg_weight=weight)
-        finetune(narrative_csv, config, tmp_path / f"w{weight}", base_model=tiny_bert, hooks=hooks)
-        losses[weight] = seen[0]
+        losses[weight] = first_step_loss(narrative_csv, config, tmp_path / f"w{weight}", tiny_bert)
     assert losses[50.0] > losses[0.0] + 1e-3
 
 
@@ -163,13 +161,8 @@ def test_class_weight_formula():
 def test_class_weights_change_the_loss(tiny_bert, narrative_csv, tmp_path):
     first_losses = []
     for multiplier in (0.5, 4.0):
-        seen = []
-        hooks = TrainHooks(
-            on_progress=lambda p, seen=seen: seen.append(p.loss) if p.event == "step" else None
-        )
         config = first_config("full", epochs=1, weight_multiplier=multiplier)
-        finetune(narrative_csv, config, tmp_path / f"m{multiplier}", base_model=tiny_bert, hooks=hooks)
-        first_losses.append(seen[0])
+        first_losses.append(first_step_loss(narrative_csv, config, tmp_path / f"m{multiplier}", tiny_bert))
     assert first_losses[0] != pytest.approx(first_losses[1], abs=1e-4)
 
 
@@ -210,11 +203,11 @@ def test_bad_hyperparameters_are_named():
         TrainConfig.for_stage(1, "full", {"threshold_mode": "sensitivity>=2"})
 
 
-def test_stage_defaults_follow_the_seed_recipe():
+def test_stage_defaults_follow_the_original_recipe():
     first, second = TrainConfig.for_stage(1, "full"), TrainConfig.for_stage(2, "full")
     assert (first.epochs, first.warmup_steps) == (8, 200)
-    # Measured departures from the seed (README, "Benchmarks"): 6 epochs for the second stage, and
-    # with the linear-probe start the seed's 2e-5 is right for a first full fine-tune.
+    # Measured departures from the original recipe (README, "Benchmarks"): 6 epochs for the second
+    # stage, and with the linear-probe start the original 2e-5 is right for a first full fine-tune.
     assert (second.epochs, second.warmup_steps) == (6, 100)
     assert first.lr == 2e-5 and (first.pooling, first.head_init) == ("sentences", "linear_probe")
     assert TrainConfig.for_stage(1, "lora", {"epochs": "3"}).epochs == 3
