@@ -88,6 +88,8 @@ class RunWatcher:
         self._last_check = 0.0
         self._last_write = 0.0
         self._stop = False
+        # The latest step figures, kept while later phases (assessing, saving) are reported.
+        self._record: dict = runs.phase_record(runs.STARTING)
 
     def should_stop(self) -> bool:
         now = time.monotonic()
@@ -103,7 +105,9 @@ class RunWatcher:
         return self._stop
 
     def on_phase(self, phase: str) -> None:
-        self._write(lambda session: runs.record_phase(session, self.job_id, self.attempt, phase))
+        self._record = {**self._record, **runs.phase_record(phase)}
+        record = self._record
+        self._write(lambda session: runs.record_phase(session, self.job_id, self.attempt, record))
 
     def _write(self, write: Callable) -> None:
         try:
@@ -127,6 +131,7 @@ class RunWatcher:
             elapsed_s=progress.elapsed_s,
             loss=progress.loss,
         )
+        record = self._record = {**record, "phase": self._record.get("phase")}
         epoch_metrics = None
         if is_epoch_end:
             epoch_metrics = {"epoch": progress.epoch, "epochs": progress.epochs, "loss": progress.loss}

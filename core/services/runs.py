@@ -114,9 +114,13 @@ def heartbeat(session: Session, job_id: str, attempt: int) -> bool:
     return JobRepository(session).heartbeat(job_id, attempt)
 
 
-def record_phase(session: Session, job_id: str, attempt: int, phase: str) -> bool:
-    """What the run is doing now, shown as the job's progress until steps are counted."""
-    return JobRepository(session).set_progress(job_id, attempt, phase_record(phase), utcnow())
+def record_phase(session: Session, job_id: str, attempt: int, progress: dict[str, Any]) -> bool:
+    """A new phase: the progress (its "phase" and the latest step figures, if any) and an event, so
+    the job's timeline shows how long each phase took."""
+    if not JobRepository(session).set_progress(job_id, attempt, json_safe(progress), utcnow()):
+        return False
+    JobEventRepository(session).add(job_id, "phase", attempt=attempt, data={"phase": progress.get("phase")})
+    return True
 
 
 def record_progress(
