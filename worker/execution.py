@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import threading
 import time
 import traceback
@@ -38,7 +39,7 @@ def safe_error_message(error: BaseException, job_id: str, attempt: int) -> str:
     if isinstance(error, UserError):
         message = getattr(error, "message", None) or str(error)
         return " ".join(message.split())[:MAX_ERROR_CHARS]
-    if isinstance(error, OSError) and error.errno in OUT_OF_SPACE:
+    if out_of_space(error):
         return (
             f"the worker ran out of disk space (or past its file size limit) while writing on attempt "
             f"{attempt}; nothing was kept: free space in the model store and submit the job again"
@@ -47,6 +48,19 @@ def safe_error_message(error: BaseException, job_id: str, attempt: int) -> str:
         f"the job failed with {type(error).__name__} on attempt {attempt}; "
         f"the worker log has the stack for job {job_id}"
     )
+
+
+def out_of_space(error: BaseException) -> bool:
+    """A full disk or a file size limit, also when a library reports it in its own exception type
+    (safetensors raises its own error carrying the OS error's text)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in OUT_OF_SPACE:
+            return True
+        if any(os.strerror(code) in str(seen) for code in OUT_OF_SPACE):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def log_failure(job_id: str, attempt: int, error: BaseException) -> None:
