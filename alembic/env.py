@@ -36,6 +36,12 @@ def run_migrations_online() -> None:
     url = database_url()
     engine = make_engine(url)
     with engine.connect() as connection:
+        if connection.dialect.name == "sqlite":
+            # Batch mode rebuilds a table (copy, drop, rename): with foreign keys enforced, dropping
+            # `jobs` would cascade to its events or be refused. The pragma only works outside a
+            # transaction, so it is set and committed first.
+            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            connection.commit()
         # SQLite cannot ALTER most things: batch mode rebuilds the table instead.
         context.configure(
             connection=connection,

@@ -113,3 +113,11 @@ class Settings(BaseSettings):
     def ensure_directories(self) -> None:
         for directory in (self.data_dir, self.models_root, self.datasets_root, self.evaluations_root):
             Path(directory).mkdir(parents=True, exist_ok=True)
+
+    # Faults and the audit trail. The HMAC key of the audit trail's note digests; unset: a random
+    # key made once in the data directory (audit.key, mode 0600), shared by every process using it.
+    audit_key: SecretStr | None = None
+    # Temporary and orphaned files (partial uploads, evaluation arrays, model writes) older than this
+    # are swept by the workers, every sweep_interval_s.
+    temp_max_age_s: float = Field(default=3600.0, gt=0)
+    sweep_interval_s: float = Field(default=300.0, gt=0)

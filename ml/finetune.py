@@ -71,10 +71,20 @@ class Progress:
     elapsed_s: float
 
 
+# What a run is doing, in order, as `TrainHooks.on_phase` reports it (the probe only when it is fitted).
+PHASES = ("preparing data", "fitting the linear probe", "training", "assessing", "saving")
+
+
 @dataclass
 class TrainHooks:
     on_progress: Callable[[Progress], None] | None = None
     should_stop: Callable[[], bool] | None = None
+    # Called as each phase begins, so a caller can show what a run is doing before steps are counted.
+    on_phase: Callable[[str], None] | None = None
+
+    def phase(self, name: str) -> None:
+        if self.on_phase:
+            self.on_phase(name)
 
 
 class TrainingCancelled(Cancelled):
@@ -157,11 +167,15 @@ def finetune(
     """
     if Path(out_dir).exists():
         raise FileExistsError(f"{Path(out_dir).name} already exists: models are never overwritten")
+    hooks = hooks or TrainHooks()
+    hooks.phase("preparing data")
     prepared = _prepare(train_csv, config, base_model, Path(parent_dir) if parent_dir else None)
     model = _build_model(prepared)
-    trained = _train(model, prepared, hooks or TrainHooks())
+    trained = _train(model, prepared, hooks)
+    hooks.phase("assessing")
     assessment = _assess(model, prepared, parent_train_csv)
     manifest = build_manifest(model_id or uuid.uuid4().hex, prepared, trained, assessment)
+    hooks.phase("saving")
     _save(model, prepared.tokenizer, manifest, Path(out_dir))
     return manifest
 
@@ -199,8 +213,9 @@ def _build_model(prepared: _Prepared) -> torch.nn.Module:
 
 def _train(model, prepared: _Prepared, hooks: TrainHooks) -> _Trained:
     """The head start, then the loop; leaves the model holding the best epoch's weights."""
-    probe = _head_start(model, prepared)
+    probe = _head_start(model, prepared, hooks)
     ranks_before = adalora_ranks(model)
+    hooks.phase("training")
     run = _TrainingRun(model, prepared, hooks)
     history = run.fit()
     run.restore_best()
@@ -219,13 +234,14 @@ def _train(model, prepared: _Prepared, hooks: TrainHooks) -> _Trained:
     )
 
 
-def _head_start(model, prepared: _Prepared) -> dict | None:
+def _head_start(model, prepared: _Prepared, hooks: TrainHooks) -> dict | None:
     """Fit the head as a linear probe first: a new model's if head_init asks, a continued one's if
     refit_head does. Returns the probe's report, or None."""
     config, split = prepared.config, prepared.split
     wants_probe = config.refit_head if prepared.parent is not None else config.head_init == "linear_probe"
     if not wants_probe:
         return None
+    hooks.phase("fitting the linear probe")
     weight = class_weights(split.train.labels, config.weight_multiplier)[1]
     return fit_head_by_linear_probe(
         model, split.train_ids, split.train.labels, split.val_ids, split.val.labels,

@@ -4,6 +4,10 @@ A model directory only ever appears whole: writers fill a hidden temporary sibli
 into place (a rename within one filesystem is atomic), so a crash mid-write leaves a `.tmp-*`
 directory, never a half model under a real id. A failed or cancelled job's partials go with
 `ModelStore.remove`; any others are swept by `sweep_partials` when a worker starts.
+
+A job may run more than once (a reaped attempt can still be alive), so each attempt of a job writes
+its own directory under `.attempts/` and touches nothing else; only the attempt that holds the job
+publishes (renames its directory to the model's id), at the moment the job is recorded succeeded.
 """
 
 from __future__ import annotations
@@ -22,6 +26,10 @@ from ml.errors import UserError
 
 MANIFEST_NAME = "manifest.json"
 TEMP_PREFIX = ".tmp-"
+ATTEMPTS_DIR = ".attempts"
+_ATTEMPT_NAME = re.compile(
+    r"^(?:\.tmp-)?(?P<model_id>[A-Za-z0-9][A-Za-z0-9_-]{0,63})\.a(?P<attempt>\d+)(?:-.*)?$"
+)
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
@@ -77,10 +85,48 @@ class ModelStore:
         return self.root / check_model_id(model_id)
 
     def remove(self, model_id: str) -> None:
-        """Delete the model's directory and any partial write of it (either may be absent)."""
+        """Delete the model's directory and any partial write of it (either may be absent): only for a
+        job that has ended without a model, so that none of its attempts may publish any more."""
         shutil.rmtree(self.path_for(model_id), ignore_errors=True)
         for partial in self.root.glob(f"{TEMP_PREFIX}{model_id}-*"):
             shutil.rmtree(partial, ignore_errors=True)
+        for attempt_dir in self.attempt_dirs(model_id):
+            shutil.rmtree(attempt_dir, ignore_errors=True)
+
+    def attempt_path(self, model_id: str, attempt: int) -> Path:
+        """Where one attempt of a job writes its model (atomically, like any model directory)."""
+        return self.root / ATTEMPTS_DIR / f"{check_model_id(model_id)}.a{int(attempt)}"
+
+    def attempt_dirs(self, model_id: str | None = None) -> list[Path]:
+        """Attempt directories and their partial writes: all, or one model's."""
+        folder = self.root / ATTEMPTS_DIR
+        if not folder.is_dir():
+            return []
+        found = []
+        for path in folder.iterdir():
+            parsed = parse_attempt(path.name)
+            if parsed is not None and model_id in (None, parsed[0]):
+                found.append(path)
+        return found
+
+    def discard_attempt(self, model_id: str, attempt: int) -> None:
+        """Delete one attempt's own files (finished or partial): never the published model."""
+        for path in self.attempt_dirs(model_id):
+            if parse_attempt(path.name) == (model_id, attempt):
+                shutil.rmtree(path, ignore_errors=True)
+
+    def publish(self, model_id: str, attempt: int) -> Path:
+        """Rename the attempt's finished directory to the model's id. Call it only from the attempt
+        that holds the job: a directory already there is then a leftover of an earlier attempt whose
+        success was never committed, and is replaced."""
+        source, target = self.attempt_path(model_id, attempt), self.path_for(model_id)
+        if not (source / MANIFEST_NAME).is_file():
+            raise FileNotFoundError(f"attempt {attempt} of model {model_id} has no finished directory")
+        if target.exists():
+            shutil.rmtree(target)
+        os.rename(source, target)
+        _fsync_directory(self.root)
+        return target
 
     def sweep_partials(self, older_than_s: float = 0.0) -> int:
         """Delete temporary directories left by a crashed writer; returns how many.
@@ -98,6 +144,21 @@ class ModelStore:
         for partial in partials:
             shutil.rmtree(partial, ignore_errors=True)
         return len(partials)
+
+
+def parse_attempt(name: str) -> tuple[str, int] | None:
+    """(model id, attempt) of an attempt directory or of its partial write; None for other names."""
+    match = _ATTEMPT_NAME.match(name)
+    return (match["model_id"], int(match["attempt"])) if match else None
+
+
+def _fsync_directory(directory: Path) -> None:
+    # The rename is durable once the directory holding it is flushed.
+    handle = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
 
 
 def _fsync_tree(directory: Path) -> None:

@@ -6,7 +6,9 @@ stored as a one-line message chosen here, and logged tracebacks keep the stack w
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import threading
 import time
 import traceback
@@ -15,8 +17,9 @@ from collections.abc import Callable
 
 import numpy as np
 from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy.exc import DBAPIError
 
-from core.db.models import Job
+from core.db.models import Job, JobStatus
 from core.services import runs
 from core.services.jobs import progress_record
 from ml.errors import Cancelled, UserError
@@ -27,16 +30,37 @@ log = logging.getLogger("notetune.worker")
 STOP_CHECK_INTERVAL_S = 0.5
 PROGRESS_WRITE_INTERVAL_S = 1.0
 MAX_ERROR_CHARS = 500
+# How long a finished run keeps trying to record its outcome while the database is unreachable.
+RECORD_RETRY_S = (1.0, 2.0, 4.0, 8.0)
+OUT_OF_SPACE = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 
 
 def safe_error_message(error: BaseException, job_id: str, attempt: int) -> str:
     if isinstance(error, UserError):
         message = getattr(error, "message", None) or str(error)
         return " ".join(message.split())[:MAX_ERROR_CHARS]
+    if out_of_space(error):
+        return (
+            f"the worker ran out of disk space (or past its file size limit) while writing on attempt "
+            f"{attempt}; nothing was kept: free space in the model store and submit the job again"
+        )
     return (
         f"the job failed with {type(error).__name__} on attempt {attempt}; "
         f"the worker log has the stack for job {job_id}"
     )
+
+
+def out_of_space(error: BaseException) -> bool:
+    """A full disk or a file size limit, also when a library reports it in its own exception type
+    (safetensors raises its own error carrying the OS error's text)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in OUT_OF_SPACE:
+            return True
+        if any(os.strerror(code) in str(seen) for code in OUT_OF_SPACE):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def log_failure(job_id: str, attempt: int, error: BaseException) -> None:
@@ -78,15 +102,33 @@ class RunWatcher:
         self._last_check = 0.0
         self._last_write = 0.0
         self._stop = False
+        # The latest step figures, kept while later phases (assessing, saving) are reported.
+        self._record: dict = runs.phase_record(runs.STARTING)
 
     def should_stop(self) -> bool:
         now = time.monotonic()
         if self._stop or now - self._last_check < STOP_CHECK_INTERVAL_S:
             return self._stop
         self._last_check = now
-        with self.runtime.database.session() as session:
-            self._stop = runs.stop_requested(session, self.job_id, self.attempt)
+        try:
+            with self.runtime.database.session() as session:
+                self._stop = runs.stop_requested(session, self.job_id, self.attempt)
+        except DBAPIError as error:
+            # A database restart must not end a healthy run: ask again at the next check.
+            log.warning("job %s: could not check for a cancel (%s)", self.job_id, type(error).__name__)
         return self._stop
+
+    def on_phase(self, phase: str) -> None:
+        self._record = {**self._record, **runs.phase_record(phase)}
+        record = self._record
+        self._write(lambda session: runs.record_phase(session, self.job_id, self.attempt, record))
+
+    def _write(self, write: Callable) -> None:
+        try:
+            with self.runtime.database.transaction() as session:
+                write(session)
+        except DBAPIError as error:
+            log.warning("job %s: progress not recorded (%s)", self.job_id, type(error).__name__)
 
     def on_progress(self, progress) -> None:
         is_epoch_end = progress.event == "epoch_end"
@@ -103,12 +145,30 @@ class RunWatcher:
             elapsed_s=progress.elapsed_s,
             loss=progress.loss,
         )
+        record = self._record = {**record, "phase": self._record.get("phase")}
         epoch_metrics = None
         if is_epoch_end:
             epoch_metrics = {"epoch": progress.epoch, "epochs": progress.epochs, "loss": progress.loss}
             epoch_metrics["validation"] = progress.metrics
-        with self.runtime.database.transaction() as session:
-            runs.record_progress(session, self.job_id, self.attempt, record, epoch_metrics)
+        self._write(
+            lambda session: runs.record_progress(session, self.job_id, self.attempt, record, epoch_metrics)
+        )
+
+
+class EvaluationPhases:
+    """Evaluation phases from `EvaluationHooks.should_stop`, which ml asks before each model and once
+    after the last: 'scoring <name>' for each model, then 'computing the report'."""
+
+    def __init__(self, watcher: RunWatcher, model_names: list[str]) -> None:
+        self.watcher, self.names, self._asked = watcher, model_names, 0
+
+    def should_stop(self) -> bool:
+        index, self._asked = self._asked, self._asked + 1
+        stop = self.watcher.should_stop()
+        if not stop:
+            phase = f"scoring {self.names[index]}" if index < len(self.names) else "computing the report"
+            self.watcher.on_phase(phase)
+        return stop
 
 
 def run_job(
@@ -138,24 +198,30 @@ def run_job(
 
 
 def _finish_failed(runtime: WorkerRuntime, job: Job, attempt: int, error: str) -> None:
-    _remove_outputs(runtime, job)
     with runtime.database.transaction() as session:
         recorded = runs.record_failure(session, job.id, attempt, error)
         if not recorded:
             recorded = runs.record_cancelled_if_requested(session, job.id, attempt)
+    _remove_outputs(runtime, job, attempt, job_ended=recorded)
     log.info("job %s attempt %d failed (recorded: %s)", job.id, attempt, recorded)
 
 
 def _finish_cancelled(runtime: WorkerRuntime, job: Job, attempt: int) -> None:
-    _remove_outputs(runtime, job)
     with runtime.database.transaction() as session:
         recorded = runs.record_cancelled(session, job.id, attempt)
+    _remove_outputs(runtime, job, attempt, job_ended=recorded)
     log.info("job %s attempt %d stopped (cancelled recorded: %s)", job.id, attempt, recorded)
 
 
-def _remove_outputs(runtime: WorkerRuntime, job: Job) -> None:
-    if job.output_model_id:
+def _remove_outputs(runtime: WorkerRuntime, job: Job, attempt: int, *, job_ended: bool) -> None:
+    """A run that ended the job (it held it) clears every attempt's files: no attempt can publish any
+    more. A run that no longer held the job removes only its own: the model may be another attempt's."""
+    if not job.output_model_id:
+        return
+    if job_ended:
         runtime.store.remove(job.output_model_id)
+    else:
+        runtime.store.discard_attempt(job.output_model_id, attempt)
 
 
 def finetune_body(runtime: WorkerRuntime, job: Job) -> None:
@@ -165,9 +231,10 @@ def finetune_body(runtime: WorkerRuntime, job: Job) -> None:
     with runtime.database.session() as session:
         inputs = runs.finetune_inputs(session, runtime.settings, job)
     assert job.output_model_id is not None and job.method is not None and job.stage is not None
-    # An earlier attempt that died mid-write may have left a temporary directory behind.
-    runtime.store.remove(job.output_model_id)
-    out_dir = runtime.store.path_for(job.output_model_id)
+    # Each attempt writes a directory of its own: a reaped attempt that is still alive cannot
+    # overwrite or delete what this one writes, nor this one what it writes.
+    out_dir = runtime.store.attempt_path(job.output_model_id, job.attempt)
+    runtime.store.discard_attempt(job.output_model_id, job.attempt)
     watcher = RunWatcher(runtime, job.id, job.attempt)
     config = TrainConfig.for_stage(job.stage, job.method, job.hyperparameters)
     manifest = finetune(
@@ -178,16 +245,15 @@ def finetune_body(runtime: WorkerRuntime, job: Job) -> None:
         base_model=job.base_model,
         parent_dir=inputs.parent_dir,
         parent_train_csv=inputs.parent_train_csv,
-        hooks=TrainHooks(on_progress=watcher.on_progress, should_stop=watcher.should_stop),
+        hooks=TrainHooks(
+            on_progress=watcher.on_progress, should_stop=watcher.should_stop, on_phase=watcher.on_phase
+        ),
     )
-    relative_path = str(out_dir.relative_to(runtime.store.root))
-    with runtime.database.transaction() as session:
-        recorded = runs.record_finetune_success(session, job, job.attempt, manifest, relative_path)
-    if recorded:
+    if _record_finetune(runtime, job, manifest):
         log.info("job %s attempt %d succeeded: model %s", job.id, job.attempt, job.output_model_id)
         return
-    # Cancelled after the last step, or reaped: no model row, so the files go too.
-    runtime.store.remove(job.output_model_id)
+    # Cancelled after the last step, or reaped: this attempt's files go, and nothing else.
+    runtime.store.discard_attempt(job.output_model_id, job.attempt)
     cancelled = _record_cancel_if_requested(runtime, job)
     log.info(
         "job %s attempt %d finished training but was not recorded (cancelled: %s)",
@@ -195,6 +261,55 @@ def finetune_body(runtime: WorkerRuntime, job: Job) -> None:
         job.attempt,
         cancelled,
     )
+
+
+def _record_finetune(runtime: WorkerRuntime, job: Job, manifest: dict) -> bool:
+    """Record the success and publish the model, in one transaction; retried while the database is
+    unreachable, since a finished run is worth keeping. True when the job is this attempt's success."""
+    store, model_id, attempt = runtime.store, job.output_model_id, job.attempt
+    assert model_id is not None
+    relative_path = str(store.path_for(model_id).relative_to(store.root))
+    for pause in (*RECORD_RETRY_S, None):
+        try:
+            with runtime.database.transaction() as session:
+                return runs.record_finetune_success(
+                    session,
+                    job,
+                    attempt,
+                    manifest,
+                    relative_path,
+                    publish=lambda: store.publish(model_id, attempt),
+                )
+        except DBAPIError as error:
+            if pause is None:
+                raise
+            log.warning("job %s: recording the result failed (%s); retrying", job.id, type(error).__name__)
+            time.sleep(pause)
+            if _committed_despite_error(runtime, job):
+                return True
+
+
+def _committed_despite_error(runtime: WorkerRuntime, job: Job) -> bool:
+    """After a failed commit: True if it went through after all. Otherwise a model directory the
+    transaction published goes back to this attempt's own directory before the next try."""
+    try:
+        with runtime.database.session() as session:
+            state = runs.run_state(session, job.id)
+    except DBAPIError:
+        return False
+    if state is not None and state.status == JobStatus.succeeded and state.attempt == job.attempt:
+        return True
+    store, model_id = runtime.store, job.output_model_id
+    assert model_id is not None
+    mine = store.attempt_path(model_id, job.attempt)
+    if (
+        state is not None
+        and state.owned_by(job.attempt)
+        and not mine.exists()
+        and store.path_for(model_id).exists()
+    ):
+        store.path_for(model_id).rename(mine)
+    return False
 
 
 def evaluation_body(runtime: WorkerRuntime, job: Job) -> None:
@@ -210,6 +325,8 @@ def evaluation_body(runtime: WorkerRuntime, job: Job) -> None:
         for model in inputs.models
     ]
     watcher = RunWatcher(runtime, job.id, job.attempt)
+    phases = EvaluationPhases(watcher, [model.name for model in models])
+    watcher.on_phase("preparing data")
     report, arrays = evaluate_models(
         inputs.test_csv,
         models,
@@ -217,7 +334,7 @@ def evaluation_body(runtime: WorkerRuntime, job: Job) -> None:
         base_model=job.base_model,
         n_resamples=inputs.n_resamples,
         seed=inputs.seed,
-        hooks=EvaluationHooks(should_stop=watcher.should_stop),
+        hooks=EvaluationHooks(should_stop=phases.should_stop),
     )
     _store_evaluation(runtime, job, report, arrays)
 

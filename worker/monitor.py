@@ -1,4 +1,5 @@
-"""A thread in the worker's main process: reports the worker alive and reaps jobs of dead workers.
+"""A thread in the worker's main process: reports the worker alive, reaps jobs of dead workers, and
+sweeps leftovers (worker/sweeper.py).
 
 Reaping from every worker (not one scheduler) keeps the system free of a single point of failure:
 the compare-and-set in the job state machine makes concurrent reapers safe.
@@ -18,6 +19,7 @@ from core.db.repositories import WorkerRepository
 from core.queue import JobQueue
 from core.services.jobs import queued_jobs_to_resend, reap_stale_jobs
 from worker.runtime import WorkerRuntime
+from worker.sweeper import sweep
 
 log = logging.getLogger("notetune.worker.monitor")
 
@@ -44,13 +46,16 @@ class WorkerMonitor:
 
     def _loop(self) -> None:
         settings = self.runtime.settings
-        next_reap = 0.0
+        next_reap = next_sweep = 0.0
         while not self._stop.is_set():
             try:
                 self._beat()
                 if time.monotonic() >= next_reap:
                     self.reap_once()
                     next_reap = time.monotonic() + settings.reaper_interval_s
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + settings.sweep_interval_s
+                    sweep(self.runtime)
             except Exception as error:
                 # The database may be briefly unreachable; keep trying rather than die silently.
                 log.warning("worker monitor step failed (%s)", type(error).__name__)

@@ -8,7 +8,9 @@ from typing import Any
 
 from sqlalchemy import JSON, DateTime, MetaData, String, TypeDecorator
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql.expression import FunctionElement
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -57,3 +59,31 @@ class IdMixin:
 
 class CreatedAtMixin:
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, nullable=False)
+
+
+class db_now(FunctionElement):  # noqa: N801 (used like a SQL function)
+    """The database server's clock, optionally `seconds_ago` earlier.
+
+    Heartbeats and the reaper's cut-off use it, so a worker whose clock is off cannot make a live job
+    look dead (or a dead one alive): one clock, the database's, decides."""
+
+    type = UTCDateTime()
+    # Not cached: the offset is part of the SQL text, and statements using it are few and cheap.
+    inherit_cache = False
+    name = "db_now"
+
+    def __init__(self, seconds_ago: float = 0.0) -> None:
+        self.seconds_ago = float(seconds_ago)
+        super().__init__()
+
+
+@compiles(db_now, "postgresql")
+def _db_now_postgresql(element: db_now, compiler: Any, **_: Any) -> str:
+    # statement_timestamp(): a long transaction still sees the time of each statement.
+    return f"(statement_timestamp() - make_interval(secs => {element.seconds_ago!r}))"
+
+
+@compiles(db_now, "sqlite")
+def _db_now_sqlite(element: db_now, compiler: Any, **_: Any) -> str:
+    # The text SQLAlchemy stores datetimes as on SQLite (UTC, microseconds), so comparisons hold.
+    return f"strftime('%Y-%m-%d %H:%M:%f000', 'now', '{-element.seconds_ago!r} seconds')"

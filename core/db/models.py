@@ -42,10 +42,16 @@ class Role(enum.StrEnum):
 
 
 def _enum(enum_class: type[enum.Enum], name: str) -> Enum:
-    # Stored as plain strings (VARCHAR(16); no CHECK constraint, no database enum type): the enum types
-    # the values in Python only, and adding a value needs no migration.
+    # Stored as plain strings (VARCHAR(16), no database enum type) with a CHECK constraint naming the
+    # allowed values (migration 0002): a row written by hand or by an older release cannot hold a
+    # value the code does not know. Adding a value needs a migration that replaces the constraint.
     return Enum(
-        enum_class, name=name, native_enum=False, length=16, values_callable=lambda e: [m.value for m in e]
+        enum_class,
+        name=name,
+        native_enum=False,
+        create_constraint=True,
+        length=16,
+        values_callable=lambda e: [m.value for m in e],
     )
 
 
@@ -163,7 +169,9 @@ class Evaluation(IdMixin, CreatedAtMixin, Base):
 
 
 class PredictionAudit(Base):
-    """Append-only (a database trigger refuses UPDATE and DELETE). Never holds the note text."""
+    """Append-only (database triggers refuse UPDATE, DELETE and, on PostgreSQL, TRUNCATE). Never holds
+    the note text: `note_sha256` is an HMAC-SHA256 of it with the server's audit key
+    (core.services.audit.note_digest), so a short note cannot be guessed from its digest."""
 
     __tablename__ = "prediction_audit"
 

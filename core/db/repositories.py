@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import case, exists, func, literal, or_, select, update
+from sqlalchemy.orm import Session, aliased
 
-from core.db.base import utcnow
+from core.db.base import UTCDateTime, db_now, utcnow
 from core.db.models import (
     ApiKey,
     Dataset,
@@ -71,11 +71,28 @@ class ApiKeyRepository:
         )
         return list(self.session.scalars(query).all())
 
-    def revoke(self, key_id: str, now: datetime) -> bool:
-        result = self.session.execute(
-            update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None)).values(revoked_at=now)
-        )
+    def revoke(self, key_id: str, now: datetime, *, keep_one_admin: bool = True) -> bool:
+        """Revoke an active key; with keep_one_admin, never the last active admin key.
+
+        The guard is part of the UPDATE itself, so it holds where row locks do not (SQLite ignores
+        FOR UPDATE, and its driver reads outside a transaction): the database's single writer checks
+        and revokes in one step."""
+        conditions = [ApiKey.id == key_id, ApiKey.revoked_at.is_(None)]
+        if keep_one_admin:
+            other = aliased(ApiKey)
+            another_admin = exists().where(
+                other.role == Role.admin, other.revoked_at.is_(None), other.id != key_id
+            )
+            conditions.append(or_(ApiKey.role != Role.admin, another_admin))
+        result = self.session.execute(update(ApiKey).where(*conditions).values(revoked_at=now))
         return result.rowcount == 1
+
+    def active(self, key_id: str) -> ApiKey | None:
+        return self.session.scalar(
+            select(ApiKey)
+            .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+            .execution_options(populate_existing=True)
+        )
 
 
 @dataclass
@@ -89,6 +106,9 @@ class DatasetRepository:
 
     def get(self, dataset_id: str) -> Dataset | None:
         return self.session.get(Dataset, dataset_id)
+
+    def stored_paths(self) -> set[str]:
+        return set(self.session.scalars(select(Dataset.path)).all())
 
     def by_sha256(self, sha256: str) -> Dataset | None:
         return self.session.scalar(select(Dataset).where(Dataset.sha256 == sha256))
@@ -121,6 +141,17 @@ class JobRepository:
     def by_output_model_id(self, model_id: str) -> Job | None:
         return self.session.scalar(select(Job).where(Job.output_model_id == model_id))
 
+    def owners_of_model_ids(self, model_ids: Sequence[str]) -> dict[str, tuple[JobStatus, int, bool]]:
+        """For each output model id that a job names: (job status, attempt, whether its model row exists)."""
+        if not model_ids:
+            return {}
+        rows = self.session.execute(
+            select(Job.output_model_id, Job.status, Job.attempt, Model.id.is_not(None))
+            .outerjoin(Model, Model.id == Job.output_model_id)
+            .where(Job.output_model_id.in_(list(model_ids)))
+        ).all()
+        return {row[0]: (JobStatus(row[1]), int(row[2]), bool(row[3])) for row in rows}
+
     def list(self, *, status: JobStatus | None, kind: JobKind | None, offset: int, limit: int) -> Page[Job]:
         query = select(Job).order_by(Job.created_at.desc(), Job.id)
         if status is not None:
@@ -129,7 +160,7 @@ class JobRepository:
             query = query.where(Job.kind == kind)
         return _page(self.session, query, offset, limit)
 
-    def claim(self, job_id: str, worker: str, now: datetime) -> bool:
+    def claim(self, job_id: str, worker: str, now: datetime, progress: dict[str, Any]) -> bool:
         """Compare-and-set queued -> running: of two deliveries of one message, only one wins."""
         result = self.session.execute(
             update(Job)
@@ -138,21 +169,35 @@ class JobRepository:
                 status=JobStatus.running,
                 attempt=Job.attempt + 1,
                 worker=worker,
-                heartbeat_at=now,
+                heartbeat_at=db_now(),
                 started_at=now,
-                progress=None,
+                progress=progress,
                 updated_at=now,
             )
         )
         return result.rowcount == 1
 
-    def cancel_if_queued(self, job_id: str, now: datetime) -> bool:
+    def cancel(self, job_id: str, now: datetime) -> JobStatus | None:
+        """Cancel in one statement: a queued job becomes cancelled, a running one is flagged.
+
+        One UPDATE, so a job that moves between queued and running meanwhile (a claim, a re-queue)
+        is still cancelled: the statement sees the row as it is when it writes. Returns the status the
+        job has afterwards, or None if it had already finished."""
+        is_queued = Job.status == JobStatus.queued
         result = self.session.execute(
             update(Job)
-            .where(Job.id == job_id, Job.status == JobStatus.queued)
-            .values(status=JobStatus.cancelled, cancel_requested=True, finished_at=now, updated_at=now)
+            .where(Job.id == job_id, Job.status.in_([JobStatus.queued, JobStatus.running]))
+            .values(
+                cancel_requested=True,
+                status=case((is_queued, JobStatus.cancelled.value), else_=Job.status),
+                finished_at=case((is_queued, literal(now, UTCDateTime())), else_=Job.finished_at),
+                updated_at=now,
+            )
         )
-        return result.rowcount == 1
+        if result.rowcount != 1:
+            return None
+        state = self.run_state(job_id)
+        return state[0] if state is not None else None
 
     def fail_if_queued(self, job_id: str, error: str, now: datetime) -> bool:
         result = self.session.execute(
@@ -170,11 +215,11 @@ class JobRepository:
         )
         return result.rowcount == 1
 
-    def heartbeat(self, job_id: str, attempt: int, now: datetime) -> bool:
+    def heartbeat(self, job_id: str, attempt: int) -> bool:
         result = self.session.execute(
             update(Job)
             .where(Job.id == job_id, Job.attempt == attempt, Job.status == JobStatus.running)
-            .values(heartbeat_at=now)
+            .values(heartbeat_at=db_now())
         )
         return result.rowcount == 1
 
@@ -182,7 +227,7 @@ class JobRepository:
         result = self.session.execute(
             update(Job)
             .where(Job.id == job_id, Job.attempt == attempt, Job.status == JobStatus.running)
-            .values(progress=progress, heartbeat_at=now, updated_at=now)
+            .values(progress=progress, heartbeat_at=db_now(), updated_at=now)
         )
         return result.rowcount == 1
 
@@ -212,9 +257,19 @@ class JobRepository:
         )
         return result.rowcount == 1
 
-    def stale_running(self, cutoff: datetime) -> Sequence[Job]:
+    def stale_running(self, silent_for_s: float) -> Sequence[Job]:
+        """Running jobs with no heartbeat for `silent_for_s`, by the database's clock."""
         return self.session.scalars(
-            select(Job).where(Job.status == JobStatus.running, Job.heartbeat_at < cutoff).order_by(Job.id)
+            select(Job)
+            .where(Job.status == JobStatus.running, Job.heartbeat_at < db_now(silent_for_s))
+            .order_by(Job.id)
+        ).all()
+
+    def queued_with_cancel_flag(self) -> Sequence[Job]:
+        """Queued jobs that a cancel flagged but nothing ended (left by an older re-queue): no claim
+        will ever take them, so they are closed as cancelled."""
+        return self.session.scalars(
+            select(Job).where(Job.status == JobStatus.queued, Job.cancel_requested.is_(True)).order_by(Job.id)
         ).all()
 
     def queued_since_before(self, cutoff: datetime) -> Sequence[Job]:
@@ -231,13 +286,26 @@ class JobRepository:
         )
         return result.rowcount == 1
 
-    def requeue(self, job_id: str, attempt: int, now: datetime) -> bool:
+    def requeue(self, job_id: str, attempt: int, now: datetime) -> JobStatus | None:
+        """running -> queued for the attempt that held the claim; a job that a cancel flagged, even one
+        that arrives while this runs, becomes cancelled instead (the flag is read as the row is written).
+        Returns the new status, or None if the attempt no longer held the job."""
+        flagged = Job.cancel_requested.is_(True)
         result = self.session.execute(
             update(Job)
             .where(Job.id == job_id, Job.attempt == attempt, Job.status == JobStatus.running)
-            .values(status=JobStatus.queued, worker=None, heartbeat_at=None, updated_at=now)
+            .values(
+                status=case((flagged, JobStatus.cancelled.value), else_=JobStatus.queued.value),
+                finished_at=case((flagged, literal(now, UTCDateTime())), else_=None),
+                worker=None,
+                heartbeat_at=None,
+                updated_at=now,
+            )
         )
-        return result.rowcount == 1
+        if result.rowcount != 1:
+            return None
+        state = self.run_state(job_id)
+        return state[0] if state is not None else None
 
 
 @dataclass
@@ -293,6 +361,9 @@ class EvaluationRepository:
 
     def get(self, evaluation_id: str) -> Evaluation | None:
         return self.session.get(Evaluation, evaluation_id)
+
+    def stored_paths(self) -> set[str]:
+        return set(self.session.scalars(select(Evaluation.arrays_path)).all())
 
 
 @dataclass

@@ -76,11 +76,15 @@ def list_keys(session: Session, offset: int, limit: int) -> Page[ApiKey]:
 
 def revoke_key(session: Session, key_id: str) -> None:
     keys = ApiKeyRepository(session)
-    if keys.lock_active_admins() == [key_id]:
+    # PostgreSQL: concurrent revocations queue behind these row locks. SQLite ignores them; there the
+    # guard inside the UPDATE (one writer at a time) is what keeps the last admin key.
+    keys.lock_active_admins()
+    if keys.revoke(key_id, utcnow(), keep_one_admin=True):
+        return
+    if keys.active(key_id) is not None:
         # Without an admin key nobody could create or revoke keys again through the API.
         raise Conflict(
             "this is the last active admin key; create another admin key before revoking it",
             code="last_admin_key",
         )
-    if not keys.revoke(key_id, utcnow()):
-        raise NotFound("no active API key with this id", code="api_key_not_found")
+    raise NotFound("no active API key with this id", code="api_key_not_found")

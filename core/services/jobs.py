@@ -232,11 +232,12 @@ def _fail_unsent(session: Session, job_id: str) -> None:
 
 def cancel_job(session: Session, job_id: str) -> Job:
     """A queued job is cancelled at once; a running one is flagged and stops at its next step."""
-    jobs, now = JobRepository(session), utcnow()
+    jobs = JobRepository(session)
     job = get_job(session, job_id)
-    if jobs.cancel_if_queued(job_id, now):
+    status = jobs.cancel(job_id, utcnow())
+    if status == JobStatus.cancelled:
         JobEventRepository(session).add(job_id, "state", attempt=job.attempt, data={"status": "cancelled"})
-    elif jobs.request_cancel_if_running(job_id, now):
+    elif status == JobStatus.running:
         JobEventRepository(session).add(job_id, "cancel_requested", attempt=job.attempt)
     else:
         job = jobs.refreshed(job_id) or job
@@ -256,38 +257,49 @@ class ReapResult:
 
 
 def reap_stale_jobs(session: Session, settings: Settings, now: datetime | None = None) -> ReapResult:
-    """Jobs whose worker stopped heartbeating: re-queue them, or fail them after max_attempts.
+    """Jobs whose worker stopped heartbeating (by the database's clock): re-queue them, or fail them
+    after max_attempts; a job with a cancel request ends cancelled, even one flagged mid-reap.
 
     The caller commits, then enqueues the re-queued jobs (a queued job needs a new message: the old
     one may be gone with the dead worker).
     """
     now = now or utcnow()
-    jobs, events = JobRepository(session), JobEventRepository(session)
-    cutoff = now - timedelta(seconds=settings.stale_after_s)
     result = ReapResult([], [], [])
-    for job in jobs.stale_running(cutoff):
-        silent_for = f"no heartbeat for over {settings.stale_after_s:g} s"
-        if job.cancel_requested:
-            if jobs.finish(job.id, job.attempt, JobStatus.cancelled, now):
-                events.add(
-                    job.id, "state", attempt=job.attempt, data={"status": "cancelled", "reason": silent_for}
-                )
-                result.cancelled.append(job)
-        elif job.attempt < settings.max_attempts:
-            if jobs.requeue(job.id, job.attempt, now):
-                events.add(
-                    job.id, "requeued", attempt=job.attempt, data={"status": "queued", "reason": silent_for}
-                )
-                result.requeued.append(job)
-        else:
-            error = (
-                f"the worker running this job stopped responding ({silent_for}) on attempt {job.attempt} of "
-                f"{settings.max_attempts}; giving up"
-            )
-            if jobs.finish(job.id, job.attempt, JobStatus.failed, now, error=error):
-                events.add(job.id, "state", attempt=job.attempt, data={"status": "failed", "error": error})
-                result.failed.append(job)
+    for job in JobRepository(session).stale_running(settings.stale_after_s):
+        _reap_one(session, settings, job, now, result)
+    for job in JobRepository(session).queued_with_cancel_flag():
+        if JobRepository(session).cancel(job.id, now) == JobStatus.cancelled:
+            _add_state_event(session, job, {"status": "cancelled", "reason": "cancel requested"})
+            result.cancelled.append(job)
     return result
+
+
+def _reap_one(session: Session, settings: Settings, job: Job, now: datetime, result: ReapResult) -> None:
+    jobs = JobRepository(session)
+    silent_for = f"no heartbeat for over {settings.stale_after_s:g} s"
+    if job.attempt >= settings.max_attempts and not job.cancel_requested:
+        error = (
+            f"the worker running this job stopped responding ({silent_for}) on attempt {job.attempt} of "
+            f"{settings.max_attempts}; giving up"
+        )
+        if jobs.finish(job.id, job.attempt, JobStatus.failed, now, error=error, unless_cancel_requested=True):
+            _add_state_event(session, job, {"status": "failed", "error": error})
+            result.failed.append(job)
+            return
+    # Attempts left, or a cancel flagged: requeue() ends a flagged job as cancelled, not queued.
+    status = jobs.requeue(job.id, job.attempt, now)
+    if status == JobStatus.queued:
+        JobEventRepository(session).add(
+            job.id, "requeued", attempt=job.attempt, data={"status": "queued", "reason": silent_for}
+        )
+        result.requeued.append(job)
+    elif status == JobStatus.cancelled:
+        _add_state_event(session, job, {"status": "cancelled", "reason": silent_for})
+        result.cancelled.append(job)
+
+
+def _add_state_event(session: Session, job: Job, data: dict[str, Any]) -> None:
+    JobEventRepository(session).add(job.id, "state", attempt=job.attempt, data=data)
 
 
 def queued_jobs_to_resend(session: Session, settings: Settings, now: datetime | None = None) -> list[Job]:

@@ -7,8 +7,8 @@ job (same attempt, still running): a run that was reaped or cancelled cannot ove
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -76,11 +76,19 @@ class RunState:
         return self.status == JobStatus.running and self.attempt == attempt
 
 
+# The phase a run reports from the moment it is claimed, before it has anything else to say.
+STARTING = "starting"
+
+
+def phase_record(phase: str) -> dict[str, Any]:
+    return {"phase": phase}
+
+
 def claim(session: Session, job_id: str, worker: str) -> Job | None:
     """queued -> running with attempt + 1; None when the job is not queued (a redelivery, a cancel)."""
     now = utcnow()
     jobs = JobRepository(session)
-    if not jobs.claim(job_id, worker, now):
+    if not jobs.claim(job_id, worker, now, phase_record(STARTING)):
         return None
     job = jobs.refreshed(job_id)
     assert job is not None
@@ -101,8 +109,18 @@ def stop_requested(session: Session, job_id: str, attempt: int) -> bool:
     return state is None or state.cancel_requested or not state.owned_by(attempt)
 
 
-def heartbeat(session: Session, job_id: str, attempt: int, now: datetime | None = None) -> bool:
-    return JobRepository(session).heartbeat(job_id, attempt, now or utcnow())
+def heartbeat(session: Session, job_id: str, attempt: int) -> bool:
+    """Stamped with the database's clock (the reaper's cut-off uses the same clock)."""
+    return JobRepository(session).heartbeat(job_id, attempt)
+
+
+def record_phase(session: Session, job_id: str, attempt: int, progress: dict[str, Any]) -> bool:
+    """A new phase: the progress (its "phase" and the latest step figures, if any) and an event, so
+    the job's timeline shows how long each phase took."""
+    if not JobRepository(session).set_progress(job_id, attempt, json_safe(progress), utcnow()):
+        return False
+    JobEventRepository(session).add(job_id, "phase", attempt=attempt, data={"phase": progress.get("phase")})
+    return True
 
 
 def record_progress(
@@ -124,10 +142,19 @@ def training_metrics(manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def record_finetune_success(
-    session: Session, job: Job, attempt: int, manifest: dict[str, Any], model_path: str
+    session: Session,
+    job: Job,
+    attempt: int,
+    manifest: dict[str, Any],
+    model_path: str,
+    publish: Callable[[], None] = lambda: None,
 ) -> bool:
     """running -> succeeded and the model row, together; False if the run no longer owns the job or a
-    cancel was requested (even after the last step: the caller then records the cancel)."""
+    cancel was requested (even after the last step: the caller then records the cancel).
+
+    `publish` puts the model's files in place. It runs only once this attempt has won the job, and
+    before the commit: on PostgreSQL the job's row stays locked until then, so no reaper or other
+    attempt can act on the job meanwhile, and a failed publish rolls the success back."""
     metrics = training_metrics(manifest)
     if not _succeed(session, job.id, attempt, metrics):
         return False
@@ -153,6 +180,8 @@ def record_finetune_success(
         )
     )
     JobEventRepository(session).add(job.id, "state", attempt=attempt, data={"status": "succeeded"})
+    session.flush()
+    publish()
     return True
 
 

@@ -71,6 +71,7 @@ def service_env(postgres_url, redis_url, service_dir, tiny_bert) -> Iterator[dic
         "NOTETUNE_STALE_AFTER_S": "4",
         "NOTETUNE_REAPER_INTERVAL_S": "1",
         "NOTETUNE_MAX_ATTEMPTS": "3",
+        "NOTETUNE_SWEEP_INTERVAL_S": "2",
         "NOTETUNE_MAX_PREDICT_TEXTS": "16",
         "NOTETUNE_MAX_TEXT_CHARS": "5000",
         "TOKENIZERS_PARALLELISM": "false",

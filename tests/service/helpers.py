@@ -6,7 +6,9 @@ import csv
 import io
 import os
 import random
+import resource
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -14,6 +16,7 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FINISHED = ("succeeded", "failed", "cancelled")
+CLEAN = {"jobs_stuck": 0, "rows_lost": 0, "files_without_rows": 0, "rows_without_files": 0}
 SMALL_JOB = {"epochs": 1, "max_length": 64, "warmup_steps": 0, "batch_size": 8, "min_rows": 10}
 
 _SURVIVED = ["stage I", "node negative", "ER positive", "complete response", "ECOG 0", "lumpectomy"]
@@ -98,25 +101,33 @@ def wait_until(condition, *, timeout: float, message: str, interval: float = 0.2
 class WorkerProcess:
     """A real `celery worker` subprocess in its own process group (so kill -9 takes its pool too)."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, *, max_file_bytes: int | None = None) -> None:
         self.env = env
         self.log_path = log_path
+        self.max_file_bytes = max_file_bytes  # RLIMIT_FSIZE: no file it writes may grow past this
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> WorkerProcess:
+    def argv(self) -> list[str]:
         from cli.service import worker_argv
 
+        return worker_argv()
+
+    def start(self) -> WorkerProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 (the child owns it until it exits)
         self.process = subprocess.Popen(
-            worker_argv(),
+            self.argv(),
             cwd=REPO_ROOT,
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=self._limit_file_size if self.max_file_bytes else None,
         )
         log.close()
         return self
+
+    def _limit_file_size(self) -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (self.max_file_bytes, self.max_file_bytes))
 
     @property
     def pid(self) -> int:
@@ -140,3 +151,94 @@ class WorkerProcess:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.kill()
+
+
+class ApiProcess(WorkerProcess):
+    """The API under uvicorn in a subprocess of its own, on a free port of 127.0.0.1."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        super().__init__(env, log_path)
+        self.port = free_port()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def argv(self) -> list[str]:
+        import sys
+
+        return [
+            sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory",
+            "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning",
+        ]  # fmt: skip
+
+    def wait_ready(self, timeout: float = 60.0) -> ApiProcess:
+        import httpx
+
+        def answering() -> bool:  # /healthz may say 503 (no worker here): the API is up all the same
+            try:
+                return httpx.get(f"{self.url}/healthz", timeout=2).status_code in (200, 503)
+            except httpx.HTTPError:
+                return False
+
+        wait_until(answering, timeout=timeout, message="the API subprocess did not start")
+        return self
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def integrity(database, settings, job_ids: list[str]) -> dict[str, int]:
+    """What a fault may leave behind, for the given jobs: jobs not finished, rows gone, files no row
+    names (including half-written ones), and rows whose files are missing. All four should be 0."""
+    from sqlalchemy import select
+
+    from core.db.models import Dataset, Evaluation, Job, JobStatus, Model
+
+    counts = dict.fromkeys(("jobs_stuck", "rows_lost", "files_without_rows", "rows_without_files"), 0)
+    with database.session() as session:
+        jobs = [session.get(Job, job_id) for job_id in job_ids]
+        counts["rows_lost"] += sum(job is None for job in jobs)
+        dataset_paths = set(session.scalars(select(Dataset.path)).all())
+        for job in filter(None, jobs):
+            counts["jobs_stuck"] += job.status in (JobStatus.queued, JobStatus.running)
+            dataset = session.get(Dataset, job.train_dataset_id or job.test_dataset_id)
+            if dataset is None:
+                counts["rows_lost"] += 1
+            elif not settings.stored_file(dataset.path).is_file():
+                counts["rows_without_files"] += 1
+            model = session.get(Model, job.output_model_id) if job.output_model_id else None
+            if job.status == JobStatus.succeeded and job.output_model_id:
+                has_files = (
+                    model is not None and (settings.stored_model(model.path) / "manifest.json").is_file()
+                )
+                counts["rows_lost"] += model is None
+                counts["rows_without_files"] += model is not None and not has_files
+            if job.output_model_id:
+                counts["files_without_rows"] += _model_files_without_row(settings, job, model)
+            evaluation = session.query(Evaluation).filter(Evaluation.job_id == job.id).one_or_none()
+            if evaluation is not None and not settings.stored_file(evaluation.arrays_path).is_file():
+                counts["rows_without_files"] += 1
+    counts["files_without_rows"] += _dataset_files_without_rows(settings, dataset_paths)
+    return counts
+
+
+def _model_files_without_row(settings, job, model) -> int:
+    from models_store.store import ModelStore
+
+    store = ModelStore(settings.models_root)
+    leftovers = len(store.attempt_dirs(job.output_model_id))
+    leftovers += len(list(store.root.glob(f".tmp-{job.output_model_id}*")))
+    leftovers += model is None and store.path_for(job.output_model_id).exists()
+    return leftovers
+
+
+def _dataset_files_without_rows(settings, dataset_paths: set[str]) -> int:
+    root = settings.datasets_root
+    if not root.is_dir():
+        return 0
+    named = {settings.stored_file(path).name for path in dataset_paths}
+    return sum(1 for path in root.iterdir() if path.name not in named)

@@ -62,7 +62,9 @@ def test_route_needs_a_valid_key_of_the_right_role(client, keys, method, path):
             assert response.status_code == 403, (method, path, role, response.text)
             assert response.json()["error"]["code"] == "insufficient_role"
         else:
+            # Allowed: the answer may be 404 or 422 for these made-up ids and empty bodies, never 5xx.
             assert response.status_code not in (401, 403), (method, path, role, response.text)
+            assert response.status_code < 500, (method, path, role, response.text)
 
 
 def test_public_routes_and_docs_need_no_key(client, workers):
@@ -92,3 +94,51 @@ def test_revoked_key_is_refused(client, keys):
     assert client.delete(f"/keys/{created.json()['id']}", headers=admin).status_code == 204
     refused = client.get("/models", headers=bearer(key))
     assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
+
+
+@pytest.fixture
+def sqlite_database(tmp_path):
+    from alembic import command
+    from core.db.migrations import alembic_config
+    from core.db.session import Database
+
+    url = f"sqlite:///{tmp_path / 'keys.sqlite3'}"
+    command.upgrade(alembic_config(url), "head")
+    database = Database(url)
+    yield database
+    database.dispose()
+
+
+def test_two_admins_revoking_each_other_at_once_leave_one_on_sqlite(sqlite_database):
+    """Each revocation reads two active admins before the other writes. SQLite ignores FOR UPDATE (and
+    its driver reads outside a transaction), so the guard must be in the write itself. (On PostgreSQL
+    the row locks make the second revocation wait for the first.)"""
+    from sqlalchemy import event
+
+    from core.db.models import ApiKey, Role
+    from core.errors import Conflict
+    from core.services.auth import create_key, revoke_key
+
+    db = sqlite_database
+    with db.transaction() as session:
+        first, _ = create_key(session, Role.admin, "first")
+        second, _ = create_key(session, Role.admin, "second")
+    other = type(db)(db.url)
+    fired: list[bool] = []
+
+    def revoke_first_meanwhile(conn, cursor, statement, *_):
+        if statement.lstrip().upper().startswith("UPDATE API_KEYS") and not fired:
+            fired.append(True)
+            with other.transaction() as session:
+                revoke_key(session, first.id)
+
+    event.listen(db.engine, "before_cursor_execute", revoke_first_meanwhile)
+    try:
+        with pytest.raises(Conflict) as refused, db.transaction() as session:
+            revoke_key(session, second.id)
+    finally:
+        event.remove(db.engine, "before_cursor_execute", revoke_first_meanwhile)
+        other.dispose()
+    assert fired and refused.value.code == "last_admin_key"
+    with db.session() as session:
+        assert session.query(ApiKey).filter(ApiKey.revoked_at.is_(None)).count() == 1

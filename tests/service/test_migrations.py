@@ -54,3 +54,69 @@ def test_upgrade_downgrade_upgrade(backend, empty_postgres, tmp_path):
     assert tables(url) == TABLES
     # The models and the migrations describe the same schema (raises if autogenerate finds a diff).
     command.check(config)
+
+
+SEED = [
+    "INSERT INTO api_keys (id, name, role, key_hash, prefix, created_at) "
+    "VALUES ('k1', 'admin', 'admin', 'h1', 'ntk_x', CURRENT_TIMESTAMP)",
+    "INSERT INTO datasets (id, name, sha256, path, size_bytes, rows, class_counts, duplicates, "
+    "truncated_at_max_length, summary, created_at) VALUES ('d1', 'notes.csv', 's1', 'datasets/s1.csv', "
+    '10, 40, \'{"0": 30, "1": 10}\', 0, 0, \'{"rows": 40}\', CURRENT_TIMESTAMP)',
+    "INSERT INTO jobs (id, kind, status, api_key_id, method, stage, train_dataset_id, hyperparameters, "
+    "output_model_id, attempt, cancel_requested, progress, updated_at, created_at) VALUES ('j1', "
+    "'finetune', 'succeeded', 'k1', 'lora', 1, 'd1', '{\"epochs\": 2}', 'm1', 2, false, "
+    '\'{"phase": "saving", "percent": 100.0}\', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)',
+    "INSERT INTO job_events (job_id, kind, attempt, data, created_at) "
+    "VALUES ('j1', 'requeued', 1, '{\"status\": \"queued\"}', CURRENT_TIMESTAMP)",
+    "INSERT INTO models (id, job_id, method, stage, base_model, path, train_dataset_id, hyperparameters, "
+    "data_summary, metrics, threshold, manifest, created_at) VALUES ('m1', 'j1', 'lora', 1, 'tiny', 'm1', "
+    "'d1', '{}', '{}', '{\"f1\": 0.5}', 0.42, '{\"id\": \"m1\"}', CURRENT_TIMESTAMP)",
+    "INSERT INTO prediction_audit (created_at, api_key_id, model_id, note_sha256, output) "
+    "VALUES (CURRENT_TIMESTAMP, 'k1', 'm1', 'ab', '{\"probability\": 0.3}')",
+]
+SNAPSHOT = {
+    "api_keys": "SELECT id, role, key_hash FROM api_keys",
+    "datasets": "SELECT id, sha256, path, rows FROM datasets",
+    "jobs": "SELECT id, kind, status, attempt, output_model_id, train_dataset_id FROM jobs",
+    "job_events": "SELECT job_id, kind, attempt FROM job_events",
+    "models": "SELECT id, job_id, threshold, path FROM models",
+    "prediction_audit": "SELECT api_key_id, model_id, note_sha256 FROM prediction_audit",
+}
+
+
+def snapshot(url: str) -> dict[str, list]:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return {
+                name: sorted(map(tuple, connection.execute(sa.text(q)).all())) for name, q in SNAPSHOT.items()
+            }
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_down_and_up_keep_the_rows_and_the_constraints_hold(backend, empty_postgres, tmp_path):
+    url = empty_postgres if backend == "postgresql" else f"sqlite:///{tmp_path / 'data.sqlite3'}"
+    config = alembic_config(url)
+    command.upgrade(config, "head")
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as connection:
+            for statement in SEED:
+                connection.execute(sa.text(statement))
+        before = snapshot(url)
+        assert all(before.values()), before
+        command.downgrade(config, "0001")
+        command.upgrade(config, "head")
+        assert snapshot(url) == before
+        for statement in (
+            "UPDATE jobs SET status = 'paused'",
+            "UPDATE jobs SET kind = 'other'",
+            "UPDATE api_keys SET role = 'root'",
+        ):
+            with pytest.raises(sa.exc.IntegrityError), engine.begin() as connection:
+                connection.execute(sa.text(statement))
+        command.check(config)
+    finally:
+        engine.dispose()

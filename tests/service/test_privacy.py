@@ -101,7 +101,20 @@ def test_canary_never_in_error_bodies(client, keys, canary_model):
         assert CANARY not in response.text
 
 
-def test_predictions_are_audited_without_the_note(client, keys, canary_model, database):
+def audit_rows(database, model_id: str, after_id: int = 0) -> list:
+    with database.session() as session:
+        return session.execute(
+            text(
+                "SELECT id, note_sha256, output::text, api_key_id FROM prediction_audit "
+                "WHERE model_id = :id AND id > :after ORDER BY id"
+            ),
+            {"id": model_id, "after": after_id},
+        ).all()
+
+
+def test_predictions_are_audited_without_the_note(client, keys, canary_model, database, settings):
+    from core.services.audit import note_digest
+
     model_id, _ = canary_model
     note = f"Patient with stage IV disease {CANARY}"
     response = client.post(
@@ -109,18 +122,46 @@ def test_predictions_are_audited_without_the_note(client, keys, canary_model, da
     )
     assert response.status_code == 200
     assert CANARY not in response.text
+    rows = audit_rows(database, model_id)
+    digests = {row[1] for row in rows}
+    # A keyed digest: the plain SHA-256 of a guessed note finds nothing.
+    assert note_digest(settings, note) in digests
+    assert hashlib.sha256(note.encode()).hexdigest() not in digests
+    assert all(CANARY not in row[2] for row in rows)
+    assert all(row[3] is not None for row in rows)
+
+
+def test_n_predicted_notes_give_n_audit_rows(client, keys, canary_model, database, settings):
+    import json
+
+    from core.services.audit import note_digest
+    from core.services.auth import hash_key
+
+    model_id, _ = canary_model
+    before = max([row[0] for row in audit_rows(database, model_id)], default=0)
+    notes = [f"Patient {index}: stage {index % 4 + 1}, ECOG {index % 3}." for index in range(7)]
+    response = client.post(
+        "/predict", json={"model_id": model_id, "texts": notes}, headers=bearer(keys["predictor"])
+    )
+    assert response.status_code == 200, response.text
+    rows = audit_rows(database, model_id, before)
+    assert len(rows) == len(notes)
+    assert [row[1] for row in rows] == [note_digest(settings, note) for note in notes]
+    assert [json.loads(row[2]) for row in rows] == response.json()["predictions"]
     with database.session() as session:
-        rows = session.execute(
-            text("SELECT note_sha256, output::text, api_key_id FROM prediction_audit WHERE model_id = :id"),
-            {"id": model_id},
-        ).all()
-    assert hashlib.sha256(note.encode()).hexdigest() in {row[0] for row in rows}
-    assert all(CANARY not in row[1] for row in rows)
-    assert all(row[2] is not None for row in rows)
+        key_id = session.execute(
+            text("SELECT id FROM api_keys WHERE key_hash = :h"), {"h": hash_key(keys["predictor"])}
+        ).scalar_one()
+    assert {row[3] for row in rows} == {key_id}
 
 
 def test_audit_is_append_only(database, canary_model):
-    for statement in ("UPDATE prediction_audit SET model_id = 'x'", "DELETE FROM prediction_audit"):
+    statements = (
+        "UPDATE prediction_audit SET model_id = 'x'",
+        "DELETE FROM prediction_audit",
+        "TRUNCATE prediction_audit",
+    )
+    for statement in statements:
         with pytest.raises(DBAPIError, match="append-only"), database.transaction() as session:
             session.execute(text(statement))
 
