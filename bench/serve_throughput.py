@@ -123,10 +123,9 @@ class Service:
         return created.stdout.strip().splitlines()[-1]
 
     def start_worker(self) -> None:
-        from cli.service import worker_argv
-
         log = open(self.log_dir / "worker.log", "ab")  # noqa: SIM115
-        self.worker = subprocess.Popen(worker_argv("WARNING"), env=self.env, cwd=REPO, stdout=log, stderr=log)
+        argv = [PYTHON, "-m", "cli.main", "worker", "--loglevel", "WARNING"]  # reads the queue from env
+        self.worker = subprocess.Popen(argv, env=self.env, cwd=REPO, stdout=log, stderr=log)
 
     def start_api(self, extra_env: dict[str, str]) -> None:
         port = _free_port()

@@ -85,6 +85,7 @@ class EvaluateCreate(BaseModel):
 
 
 class JobProgress(BaseModel):
+    phase: str | None = Field(default=None, description="What the job is doing now, e.g. 'training'")
     epoch: int | None = None
     epochs: int | None = None
     step: int | None = None

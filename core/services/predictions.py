@@ -7,7 +7,6 @@ request; a request only plans, waits and records.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from core.db.models import Model, PredictionAudit
 from core.db.repositories import PredictionAuditRepository
 from core.db.session import Database
 from core.errors import InvalidRequest, ModelUnavailable, PredictionsBusy
+from core.services.audit import note_digest
 from core.services.models import get_model, model_directory
 from core.settings import Settings
 from ml.vocabulary import BASE
@@ -133,9 +133,9 @@ def assemble(plan: PredictionPlan, scored: dict[str, Any]) -> dict[str, Any]:
 
 
 def record_audit(
-    session: Session, plan: PredictionPlan, result: dict[str, Any], api_key_id: str | None
+    session: Session, settings: Settings, plan: PredictionPlan, result: dict[str, Any], api_key_id: str | None
 ) -> None:
-    """One append-only audit row per note: its hash and the outputs, never the text."""
+    """One append-only audit row per note: its keyed digest and the outputs, never the text."""
     now = utcnow()
     PredictionAuditRepository(session).append(
         [
@@ -143,7 +143,7 @@ def record_audit(
                 created_at=now,
                 api_key_id=api_key_id,
                 model_id=plan.model_id,
-                note_sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+                note_sha256=note_digest(settings, text),
                 output=prediction,
             )
             for text, prediction in zip(plan.texts, result["predictions"], strict=True)
@@ -159,7 +159,7 @@ async def predict(
     plan = await to_thread.run_sync(_planned, database, settings, spec)
     scored = await _scored(predictor, plan)
     result = assemble(plan, scored)
-    await to_thread.run_sync(_audited, database, plan, result, api_key_id)
+    await to_thread.run_sync(_audited, database, settings, plan, result, api_key_id)
     log.info("predicted %d note(s) with model %s", len(plan.texts), plan.model_id)
     return result
 
@@ -170,10 +170,14 @@ def _planned(database: Database, settings: Settings, spec: PredictSpec) -> Predi
 
 
 def _audited(
-    database: Database, plan: PredictionPlan, result: dict[str, Any], api_key_id: str | None
+    database: Database,
+    settings: Settings,
+    plan: PredictionPlan,
+    result: dict[str, Any],
+    api_key_id: str | None,
 ) -> None:
     with database.transaction() as session:
-        record_audit(session, plan, result, api_key_id)
+        record_audit(session, settings, plan, result, api_key_id)
 
 
 async def _scored(predictor: Any, plan: PredictionPlan) -> dict[str, Any]:
