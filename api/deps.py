@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from api.metrics import ServiceMetrics
 from api.schemas.common import PageQuery
 from core.db.models import Role
 from core.db.session import Database
@@ -26,7 +27,8 @@ class ApiRuntime:
     settings: Settings
     database: Database
     queue: JobQueue
-    model_cache: object  # ml.model_cache.ModelCache, imported lazily (torch)
+    predictor: Any  # ml.serving.MicroBatcher, imported lazily (torch); the only user of the models
+    metrics: ServiceMetrics
 
 
 def get_runtime(request: Request) -> ApiRuntime:
@@ -72,10 +74,28 @@ def require(role: Role):
     return dependency
 
 
+def _principal_in_own_transaction(
+    runtime: RuntimeDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> Principal:
+    """For routes that wait a while (predict): the key check returns its connection at once."""
+    with runtime.database.transaction() as session:
+        return authenticate(session, credentials.credentials if credentials else None)
+
+
+def require_briefly(role: Role):
+    def dependency(principal: Annotated[Principal, Depends(_principal_in_own_transaction)]) -> Principal:
+        return authorize(principal, role)
+
+    dependency.__name__ = f"require_{role.value}_briefly"
+    return dependency
+
+
 AnyKeyDep = Annotated[Principal, Depends(_principal)]
 AdminDep = Annotated[Principal, Depends(require(Role.admin))]
 TrainerDep = Annotated[Principal, Depends(require(Role.trainer))]
 PredictorDep = Annotated[Principal, Depends(require(Role.predictor))]
+# Holds no database connection for the rest of the request.
+BriefPredictorDep = Annotated[Principal, Depends(require_briefly(Role.predictor))]
 
 
 # The page size limit is a setting, read per request; the schema documents its default.

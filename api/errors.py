@@ -43,7 +43,11 @@ def _status_code_name(status_code: int) -> str:
 
 async def _user_error(_: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, UserError)
-    headers = {"WWW-Authenticate": "Bearer"} if error.status_code == 401 else None
+    headers = None
+    if error.status_code == 401:
+        headers = {"WWW-Authenticate": "Bearer"}
+    elif error.status_code == 503:
+        headers = {"Retry-After": str(getattr(error, "retry_after_s", 5))}
     return error_response(error.status_code, error.code, error.message, error.details, headers)
 
 

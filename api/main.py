@@ -13,10 +13,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.deps import ApiRuntime
 from api.errors import error_response, install_error_handlers
+from api.metrics import JobCollector, RequestTimer, ServiceMetrics, ServingCollector
 from api.routes import datasets, evaluations, jobs, keys, models, predict, system
+from api.routes import metrics as metrics_routes
 from api.ui import STATIC_DIR, install_ui
 from core.db.session import Database
 from core.queue import JobQueue
+from core.services.metrics import job_statistics
 from core.settings import Settings
 
 DESCRIPTION = """
@@ -33,22 +36,21 @@ Every endpoint except `/healthz` and these docs needs `Authorization: Bearer <ap
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
 
+    metrics = ServiceMetrics()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        from ml.model_cache import ModelCache
-
         settings.ensure_directories()
         database = Database(settings.sqlalchemy_url)
         queue = JobQueue.from_settings(settings)
-        app.state.runtime = ApiRuntime(
-            settings=settings,
-            database=database,
-            queue=queue,
-            model_cache=ModelCache(max_models=settings.model_cache_size),
-        )
+        predictor = start_predictor(settings, metrics)
+        metrics.add_collector(ServingCollector(predictor.queued_notes, predictor.loaded_models))
+        metrics.add_collector(JobCollector(lambda: job_statistics(database)))
+        app.state.runtime = ApiRuntime(settings, database, queue, predictor, metrics)
         try:
             yield
         finally:
+            predictor.stop()
             queue.close()
             database.dispose()
 
@@ -61,8 +63,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     install_error_handlers(app)
+    app.add_middleware(RequestTimer, metrics=metrics)
     app.add_middleware(BodySizeLimit, limit_bytes=settings.max_upload_bytes + 1024 * 1024)
-    for module in (datasets, jobs, models, predict, evaluations, keys, system):
+    for module in (datasets, jobs, models, predict, evaluations, keys, system, metrics_routes):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     _add_offline_docs(app)
@@ -94,6 +97,24 @@ def _add_offline_docs(app: FastAPI) -> None:
             redoc_favicon_url=f"{vendor}/swagger-ui/favicon-32x32.png",
             with_google_fonts=False,
         )
+
+
+def start_predictor(settings: Settings, metrics: ServiceMetrics):
+    """The micro-batcher and its inference thread: the one place the API process runs models."""
+    from ml.model_cache import ModelCache
+    from ml.modeling import quiet_library_logs
+    from ml.serving import BatchingOptions, BatchStats, MicroBatcher
+
+    quiet_library_logs()
+    options = BatchingOptions(
+        enabled=settings.predict_batching,
+        max_batch_notes=settings.predict_max_batch_notes,
+        max_batch_tokens=settings.predict_max_batch_tokens,
+        max_wait_ms=settings.predict_max_wait_ms,
+        max_queued_notes=settings.predict_max_queued_notes,
+    )
+    cache = ModelCache(max_models=settings.model_cache_size)
+    return MicroBatcher(cache, options, BatchStats(on_batch=metrics.observe_batch)).start()
 
 
 def _version() -> str:

@@ -60,10 +60,22 @@ class Forbidden(ServiceError):
 
 
 class ServiceUnavailable(ServiceError):
-    """A part the request needs is down or busy; the caller may retry later."""
+    """A part the request needs is down or busy; the caller may retry after `retry_after_s`."""
 
     status_code = 503
     code = "service_unavailable"
+    retry_after_s = 5
+
+
+class PredictionsBusy(ServiceUnavailable):
+    code = "busy"
+
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__(
+            "the service is scoring as many notes as it can queue; retry later",
+            details={"retry_after_s": retry_after_s},
+        )
+        self.retry_after_s = retry_after_s
 
 
 class QueueUnavailable(ServiceUnavailable):

@@ -51,6 +51,15 @@ class Settings(BaseSettings):
     max_text_chars: int = Field(default=20_000, ge=1)
     page_size_limit: int = Field(default=200, ge=1)
 
+    # Serving /predict: the micro-batcher of the API process (ml/serving.py says the trade-offs).
+    # More notes per pass and a longer wait raise throughput under load and add latency at low load;
+    # the token budget bounds one pass's memory; a full queue answers 503 with Retry-After.
+    predict_batching: bool = True
+    predict_max_batch_notes: int = Field(default=32, ge=1, le=4096)
+    predict_max_batch_tokens: int = Field(default=16_384, ge=64)
+    predict_max_wait_ms: float = Field(default=5.0, ge=0, le=1000)
+    predict_max_queued_notes: int = Field(default=1024, ge=1)
+
     @model_validator(mode="after")
     def _limits_are_consistent(self) -> Settings:
         if self.job_hard_time_limit_s <= self.job_soft_time_limit_s:

@@ -99,6 +99,7 @@ class MicroBatcher:
         self._stopping = False
         self._thread = threading.Thread(target=self._serve, name="notetune-inference", daemon=True)
         self._seconds_per_note = 0.05  # a running estimate, for Retry-After
+        self._loaded: frozenset[str] = frozenset()  # a snapshot other threads may read
 
     # --- callers ---------------------------------------------------------------------------------
 
@@ -134,6 +135,10 @@ class MicroBatcher:
     def queued_notes(self) -> int:
         return self._queued_notes
 
+    def loaded_models(self) -> frozenset[str]:
+        """Ids of the fine-tuned models loaded, as of the last batch."""
+        return self._loaded
+
     def _retry_after_s(self) -> int:
         return max(1, round(self._queued_notes * self._seconds_per_note))
 
@@ -146,6 +151,7 @@ class MicroBatcher:
                 return
             started = time.monotonic()
             self._run(batch)
+            self._loaded = frozenset(self.cache.loaded_model_ids())
             notes = sum(len(job.texts) for job in batch)
             elapsed = time.monotonic() - started
             self._seconds_per_note = 0.8 * self._seconds_per_note + 0.2 * elapsed / max(1, notes)

@@ -4,7 +4,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from api.deps import PageDep, PredictorDep, SessionDep
+from api.deps import PageDep, PredictorDep, RuntimeDep, SessionDep
 from api.schemas.common import ListResponse, responses
 from api.schemas.models import ModelRead, ModelSummary
 from core.db.models import Model
@@ -21,14 +21,16 @@ def list_models(session: SessionDep, _: PredictorDep, page: PageDep) -> ListResp
 
 
 @router.get("/{model_id}", response_model=ModelRead, responses=responses(404))
-def read_model(model_id: str, session: SessionDep, _: PredictorDep) -> ModelRead:
-    """A model: method, stage, base model, hyperparameters, data, metrics and its lineage."""
+def read_model(model_id: str, session: SessionDep, runtime: RuntimeDep, _: PredictorDep) -> ModelRead:
+    """A model: method, stage, base model, hyperparameters, data, metrics, lineage, and whether it is
+    loaded for serving."""
     model = models_service.get_model(session, model_id)
     return ModelRead.model_validate(
         {
             **ModelSummary.model_validate(model).model_dump(),
             **_details(model),
             "lineage": models_service.lineage(session, model),
+            "loaded": model.id in runtime.predictor.loaded_models(),
         }
     )
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from api.schemas.common import ReadModel
 
@@ -35,3 +35,4 @@ class ModelRead(ModelSummary):
     data_summary: dict[str, Any]
     metrics: dict[str, Any]
     lineage: list[LineageEntry]
+    loaded: bool = Field(description="Whether the API process has this model loaded for /predict now")

@@ -323,3 +323,26 @@ class WorkerRepository:
 
     def live(self, since: datetime) -> Sequence[WorkerHeartbeat]:
         return self.session.scalars(select(WorkerHeartbeat).where(WorkerHeartbeat.seen_at >= since)).all()
+
+
+class JobStatisticsRepository:
+    """Counts for the operator's metrics: jobs by kind and state, and the run time of finished ones."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def by_kind_and_status(self) -> list[tuple[str, str, int, float]]:
+        """(kind, status, jobs, seconds run in total) per kind and state."""
+        counts = self.session.execute(
+            select(Job.kind, Job.status, func.count()).group_by(Job.kind, Job.status)
+        ).all()
+        seconds: dict[tuple[str, str], float] = {}
+        finished = self.session.execute(
+            select(Job.kind, Job.status, Job.started_at, Job.finished_at).where(
+                Job.started_at.is_not(None), Job.finished_at.is_not(None)
+            )
+        )
+        for kind, status, started, ended in finished:
+            key = (str(kind), str(status))
+            seconds[key] = seconds.get(key, 0.0) + max(0.0, (ended - started).total_seconds())
+        return [(str(k), str(s), int(n), seconds.get((str(k), str(s)), 0.0)) for k, s, n in counts]

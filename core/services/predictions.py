@@ -1,22 +1,32 @@
-"""Predictions from the API process, with the append-only audit trail (hashes, never notes)."""
+"""Predictions from the API process, with the append-only audit trail (hashes, never notes).
+
+The notes are scored by the micro-batcher (ml/serving.py), whose one inference thread serves every
+request; a request only plans, waits and records.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from anyio import to_thread
 from sqlalchemy.orm import Session
 
 from core.db.base import utcnow
 from core.db.models import Model, PredictionAudit
 from core.db.repositories import PredictionAuditRepository
-from core.errors import InvalidRequest, ModelUnavailable
+from core.db.session import Database
+from core.errors import InvalidRequest, ModelUnavailable, PredictionsBusy
 from core.services.models import get_model, model_directory
 from core.settings import Settings
 from ml.vocabulary import BASE
 from models_store.store import MANIFEST_NAME
+
+log = logging.getLogger("notetune.api")
 
 
 @dataclass(frozen=True)
@@ -75,44 +85,112 @@ def stored_model_directory(settings: Settings, model: Model) -> Path:
     return directory
 
 
-def predict(
-    session: Session, settings: Settings, cache: Any, spec: PredictSpec, *, api_key_id: str | None
-) -> dict[str, Any]:
-    """Score the notes with the model and each compared model; the caller commits the audit rows."""
+@dataclass(frozen=True)
+class ScoringTarget:
+    """One model to score the notes with: a saved model directory, or None for the untrained base."""
+
+    model_dir: Path | None
+    base_model: str
+
+
+@dataclass(frozen=True)
+class PredictionPlan:
+    """Everything a prediction needs from the database, read in one short transaction."""
+
+    model_id: str
+    texts: list[str]
+    threshold: float | None
+    targets: dict[str, ScoringTarget]  # the model's own id first, then each compared name
+
+    @property
+    def compared(self) -> list[str]:
+        return [name for name in self.targets if name != self.model_id]
+
+
+def plan_prediction(session: Session, settings: Settings, spec: PredictSpec) -> PredictionPlan:
+    """Check the limits and find the models (404 for an unknown one, 503 when its files are gone)."""
     check_limits(settings, spec)
     model = get_model(session, spec.model_id)
-    targets: dict[str, tuple[Path | None, str]] = {}
+    targets = {model.id: ScoringTarget(stored_model_directory(settings, model), model.base_model)}
     for name in dict.fromkeys(spec.compare_with):
         if name == BASE:
-            targets[name] = (None, model.base_model)
+            targets[name] = ScoringTarget(None, model.base_model)
         elif name != model.id:
             other = get_model(session, name)
-            targets[name] = (stored_model_directory(settings, other), other.base_model)
+            targets[name] = ScoringTarget(stored_model_directory(settings, other), other.base_model)
+    return PredictionPlan(model.id, list(spec.texts), spec.threshold, targets)
 
-    primary = cache.predict(
-        stored_model_directory(settings, model),
-        spec.texts,
-        base_model=model.base_model,
-        threshold=spec.threshold,
-    )
-    compared = {
-        name: cache.predict(path, spec.texts, base_model=base) for name, (path, base) in targets.items()
-    }
+
+def assemble(plan: PredictionPlan, scored: dict[str, Any]) -> dict[str, Any]:
+    """The response: each note's prediction, with every compared model's beside it."""
+    primary = scored[plan.model_id].as_items(plan.threshold)
+    compared = {name: scored[name].as_items() for name in plan.compared}
     predictions = [
         {**item, "compared": {name: outputs[index] for name, outputs in compared.items()}}
         for index, item in enumerate(primary)
     ]
+    return {"model_id": plan.model_id, "predictions": predictions}
+
+
+def record_audit(
+    session: Session, plan: PredictionPlan, result: dict[str, Any], api_key_id: str | None
+) -> None:
+    """One append-only audit row per note: its hash and the outputs, never the text."""
     now = utcnow()
     PredictionAuditRepository(session).append(
         [
             PredictionAudit(
                 created_at=now,
                 api_key_id=api_key_id,
-                model_id=model.id,
+                model_id=plan.model_id,
                 note_sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
                 output=prediction,
             )
-            for text, prediction in zip(spec.texts, predictions, strict=True)
+            for text, prediction in zip(plan.texts, result["predictions"], strict=True)
         ]
     )
-    return {"model_id": model.id, "predictions": predictions}
+
+
+async def predict(
+    database: Database, settings: Settings, predictor: Any, spec: PredictSpec, *, api_key_id: str | None
+) -> dict[str, Any]:
+    """Plan in one short transaction, wait for the batcher with no database connection held (so a
+    flood of predictions cannot drain the pool), then write the audit rows in a second one."""
+    plan = await to_thread.run_sync(_planned, database, settings, spec)
+    scored = await _scored(predictor, plan)
+    result = assemble(plan, scored)
+    await to_thread.run_sync(_audited, database, plan, result, api_key_id)
+    log.info("predicted %d note(s) with model %s", len(plan.texts), plan.model_id)
+    return result
+
+
+def _planned(database: Database, settings: Settings, spec: PredictSpec) -> PredictionPlan:
+    with database.transaction() as session:
+        return plan_prediction(session, settings, spec)
+
+
+def _audited(
+    database: Database, plan: PredictionPlan, result: dict[str, Any], api_key_id: str | None
+) -> None:
+    with database.transaction() as session:
+        record_audit(session, plan, result, api_key_id)
+
+
+async def _scored(predictor: Any, plan: PredictionPlan) -> dict[str, Any]:
+    from ml.serving import ModelRequest, ServingBusy
+    from models_store.store import ModelNotFound
+
+    requests = [ModelRequest(target.model_dir, target.base_model) for target in plan.targets.values()]
+    try:
+        futures = predictor.submit(requests, plan.texts)
+    except ServingBusy as busy:
+        raise PredictionsBusy(busy.retry_after_s) from None
+    try:
+        results = await asyncio.gather(*(asyncio.wrap_future(future) for future in futures))
+    except ModelNotFound:
+        raise ModelUnavailable(
+            "a requested model is registered but its files are missing from the model store"
+        ) from None
+    except ServingBusy as busy:  # the service is shutting down
+        raise PredictionsBusy(busy.retry_after_s) from None
+    return dict(zip(plan.targets, results, strict=True))

@@ -95,3 +95,21 @@ def test_fine_tune_reload_and_serve_with_each_pooling(
     served = ModelCache(max_models=1).score(tmp_path / "second", notes).probabilities
     expected = torch.softmax(torch.as_tensor(reloaded), dim=-1)[:, 1].numpy()
     np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_length_groups_cover_every_sentence_and_split_where_padding_would_cost_more():
+    from ml.modeling import CALL_COST_TOKENS, MAX_GROUP_TOKENS, length_groups
+
+    lengths = sorted([5, 6, 6, 7, 30, 31, 33, 60, 61, 120] * 3)
+    sizes = length_groups(lengths)
+    assert sum(sizes) == len(lengths)
+    start = 0
+    for size in sizes:
+        group = lengths[start : start + size]
+        assert size * group[-1] <= MAX_GROUP_TOKENS
+        start += size
+    assert len(sizes) > 1, "short and long sentences are not padded to one length"
+    # Sentences of equal length always share a call (no padding to save).
+    assert length_groups([12] * 40) == [40]
+    # Adding a slightly longer sentence to a small group is cheaper than a new call.
+    assert length_groups([10, 10 + CALL_COST_TOKENS // 2]) == [2]

@@ -29,6 +29,7 @@ REQUIRED_ROLE = {
     ("GET", "/keys"): "admin",
     ("DELETE", "/keys/{key_id}"): "admin",
     ("GET", "/version"): "predictor",
+    ("GET", "/metrics"): "admin",
 }
 RANK = {"predictor": 0, "trainer": 1, "admin": 2}
 
