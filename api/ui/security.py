@@ -15,7 +15,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from starlette.middleware.sessions import SessionMiddleware
 
-from api.deps import SessionDep
+from api.deps import RuntimeDep, SessionDep
 from core.db.models import Role
 from core.errors import Forbidden
 from core.services.auth import Principal, authorize
@@ -97,7 +97,19 @@ async def check_csrf(request: Request) -> None:
 
 def signed_in(request: Request, session: SessionDep) -> Principal:
     key_id = request.session.get("key_id")
-    principal = principal_for_key_id(session, key_id) if isinstance(key_id, str) else None
+    return _checked(request, principal_for_key_id(session, key_id) if isinstance(key_id, str) else None)
+
+
+def signed_in_briefly(request: Request, runtime: RuntimeDep) -> Principal:
+    """For a page that waits a while (predict): the key check returns its connection at once."""
+    key_id = request.session.get("key_id")
+    if not isinstance(key_id, str):
+        return _checked(request, None)
+    with runtime.database.transaction() as session:
+        return _checked(request, principal_for_key_id(session, key_id))
+
+
+def _checked(request: Request, principal: Principal | None) -> Principal:
     if principal is None:
         request.session.pop("key_id", None)
         raise SignInRequired
@@ -105,8 +117,8 @@ def signed_in(request: Request, session: SessionDep) -> Principal:
     return principal
 
 
-def page_role(role: Role):
-    def dependency(principal: Annotated[Principal, Depends(signed_in)]) -> Principal:
+def page_role(role: Role, check=signed_in):
+    def dependency(principal: Annotated[Principal, Depends(check)]) -> Principal:
         return authorize(principal, role)
 
     dependency.__name__ = f"page_{role.value}"
@@ -116,3 +128,4 @@ def page_role(role: Role):
 SignedInDep = Annotated[Principal, Depends(signed_in)]
 TrainerPageDep = Annotated[Principal, Depends(page_role(Role.trainer))]
 PredictorPageDep = Annotated[Principal, Depends(page_role(Role.predictor))]
+BriefPredictorPageDep = Annotated[Principal, Depends(page_role(Role.predictor, signed_in_briefly))]
