@@ -85,13 +85,17 @@ def explain(
     if len(spans) != count:
         raise ExplanationUnavailable("the note's sentences could not be matched to the model's input")
     return Explanation(
-        sentences=[SentenceShare(start, end, share) for (start, end), share in zip(spans, shares, strict=True)],
+        sentences=[
+            SentenceShare(start, end, share) for (start, end), share in zip(spans, shares, strict=True)
+        ],
         bias=bias,
         logit_difference=sum(shares) + bias,
     )
 
 
-def explain_cached(cache: Any, model_dir: Path | None, text: str, *, base_model: str | None = None) -> Explanation:
+def explain_cached(
+    cache: Any, model_dir: Path | None, text: str, *, base_model: str | None = None
+) -> Explanation:
     """The explanation of one note by a model of a ml.model_cache.ModelCache. Touches the models: run
     it where the cache's models may be run (the serving thread)."""
     from ml.modeling import load_tokenizer

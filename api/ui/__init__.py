@@ -12,8 +12,8 @@ STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
 
 def install_ui(app: FastAPI, settings: Settings) -> None:
-    from api.ui.routes import router
+    from api.ui.pages import all_pages
     from api.ui.security import add_session_middleware
 
-    app.include_router(router)
+    app.include_router(all_pages())
     add_session_middleware(app, settings)

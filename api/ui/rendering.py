@@ -59,7 +59,11 @@ def environment(language: str) -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.install_gettext_translations(translations(language), newstyle=True)  # type: ignore[attr-defined]
+    catalog = translations(language)
+    env.install_gettext_translations(catalog, newstyle=True)  # type: ignore[attr-defined]
+    # For a string that comes from code (a service's message, a status): translated when the catalog
+    # has it, shown as it is otherwise, and never %-formatted (it may hold a literal %).
+    env.globals["tr"] = catalog.gettext
     env.filters.update(formatting.FILTERS)
     return env
 
@@ -116,10 +120,8 @@ class PageRoute(APIRoute):
             except UserError as error:
                 response = error_page(request, error.status_code, error.message, error.code)
             except RequestValidationError:
-                response = error_page(
-                    request, 422, gettext_for(request)("Some fields of the form are missing or not valid."),
-                    "validation_error",
-                )
+                message = N_("Some fields of the form are missing or not valid.")
+                response = error_page(request, 422, message, "validation_error")
             except StarletteHTTPException as error:
                 response = error_page(request, error.status_code, str(error.detail), "http_error")
             response.headers.update(PAGE_HEADERS)

@@ -16,6 +16,7 @@ from fastapi import Depends, Request
 from starlette.middleware.sessions import SessionMiddleware
 
 from api.deps import RuntimeDep, SessionDep
+from api.ui.i18n import N_
 from core.db.models import Role
 from core.errors import Forbidden
 from core.services.auth import Principal, authorize
@@ -91,7 +92,7 @@ async def check_csrf(request: Request) -> None:
     expected = request.session.get("csrf")
     if not sent or not expected or not hmac.compare_digest(sent.encode(), expected.encode()):
         raise CsrfRefused(
-            "this form is missing its security token or it has expired; reload the page and try again"
+            N_("this form is missing its security token or it has expired; reload the page and try again")
         )
 
 
@@ -118,7 +119,8 @@ def _checked(request: Request, principal: Principal | None) -> Principal:
 
 
 def page_role(role: Role, check=signed_in):
-    def dependency(principal: Annotated[Principal, Depends(check)]) -> Principal:
+    # A default, not an Annotated hint: the hint would be a string naming `check`, a local variable.
+    def dependency(principal: Principal = Depends(check)) -> Principal:
         return authorize(principal, role)
 
     dependency.__name__ = f"page_{role.value}"

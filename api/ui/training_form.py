@@ -26,8 +26,8 @@ MAIN_FIELDS = ("weight_multiplier", "epochs", "lr")
 METHOD_LINES = {
     "full": N_("Full: trains every parameter of the model; slowest, most memory, a full copy per model."),
     "lora": N_(
-        "LoRA: trains small low-rank adapters (about 1% of the parameters); faster steps, little memory, "
-        "a few MB per model."
+        "LoRA: trains small low-rank adapters (about one parameter in a hundred); faster steps, "
+        "little memory, a few MB per model."
     ),
     "adalora": N_(
         "AdaLoRA: LoRA whose ranks move to the layers that need them during training; a little slower "

@@ -10,6 +10,8 @@ from api.ui.i18n import N_
 from core.db.models import Job, JobEvent, JobStatus, Model
 from ml.vocabulary import BASE
 
+# The job states as the pages word them (marked here for the catalogs).
+STATUS_WORDS = (N_("queued"), N_("running"), N_("succeeded"), N_("failed"), N_("cancelled"))
 FINISHED = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled})
 # Metrics a clinician reads first, in this order, in every comparison table.
 TABLE_METRICS = ("roc_auc", "pr_auc", "sensitivity", "specificity", "precision", "f1", "accuracy", "brier")
@@ -160,3 +162,33 @@ def _minus(b: Any, a: Any) -> float | None:
     if isinstance(a, int | float) and isinstance(b, int | float):
         return float(b) - float(a)
     return None
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A piece of the note as the predict page shows it: a sentence with its share, or the text between."""
+
+    text: str
+    contribution: float | None  # None between sentences
+    tone: str  # "raised", "lowered" or "" (no sentence, or a share too small to mark)
+
+
+def highlighted(note: str, explanation: dict[str, Any]) -> list[Segment]:
+    """The note cut at the explained sentences' offsets; each sentence marked by the way it moved the
+    risk. A share under 10% of the largest one is left unmarked, so the eye goes to what mattered."""
+    sentences = sorted(explanation.get("sentences") or [], key=lambda item: item["start"])
+    largest = max((abs(item["contribution"]) for item in sentences), default=0.0)
+    segments, position = [], 0
+    for item in sentences:
+        start, end = int(item["start"]), int(item["end"])
+        if start < position or end > len(note):
+            continue
+        if start > position:
+            segments.append(Segment(note[position:start], None, ""))
+        share = float(item["contribution"])
+        tone = "" if abs(share) < 0.1 * largest else ("raised" if share > 0 else "lowered")
+        segments.append(Segment(note[start:end], share, tone))
+        position = end
+    if position < len(note):
+        segments.append(Segment(note[position:], None, ""))
+    return segments

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import SessionDep
-from api.ui.i18n import LANGUAGES
+from api.ui.i18n import LANGUAGES, N_
 from api.ui.pages.common import page_router, read_form, text_field
-from api.ui.rendering import error_page, gettext_for, render
+from api.ui.rendering import error_page, render
 from api.ui.security import SignedInDep, end_session, start_session
 from core.db.models import Role
 from core.errors import Unauthorized
@@ -65,4 +65,4 @@ def _local_page(path: str | None) -> str:
 
 @not_found_router.get("/{path:path}")
 def page_not_found(request: Request, path: str):
-    return error_page(request, 404, gettext_for(request)("There is no such page."), "not_found")
+    return error_page(request, 404, N_("There is no such page."), "not_found")

@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 
 from api.forms import read_upload
+from api.ui.i18n import N_
 from api.ui.rendering import PageRoute
 from api.ui.security import MAX_FORM_FIELDS, check_csrf
 from core.db.models import Job
@@ -17,7 +18,6 @@ from core.errors import InvalidRequest
 from core.services.auth import Principal
 from core.services.submissions import JobSpec, Upload, submit_job
 from core.settings import Settings
-
 
 BodyT = TypeVar("BodyT", bound=BaseModel)
 
@@ -51,7 +51,9 @@ def text_field(form: FormData, name: str) -> str | None:
 INLINE_PLACEHOLDER = "inline"
 
 
-def submit(session, runtime, principal: Principal, spec: JobSpec, upload: Upload | None, form: FormData) -> Job:
+def submit(
+    session, runtime, principal: Principal, spec: JobSpec, upload: Upload | None, form: FormData
+) -> Job:
     """Start the job exactly as the JSON API does. The form's one-time token is the request's
     Idempotency-Key, so a double click starts one job."""
     token = text_field(form, "submission")
@@ -80,5 +82,5 @@ def dataset_or_upload(dataset_id: str | None, upload: Upload | None) -> str:
     if upload is not None:
         return INLINE_PLACEHOLDER
     if not dataset_id:
-        raise InvalidRequest("choose a dataset or upload a CSV file", code="dataset_required")
+        raise InvalidRequest(N_("choose a dataset or upload a CSV file"), code="dataset_required")
     return dataset_id

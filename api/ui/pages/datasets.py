@@ -45,11 +45,18 @@ async def upload_dataset(request: Request, session: SessionDep, settings: Settin
         return _page(request, session, settings, error=error, status_code=error.status_code)
     if created:
         log.info("dataset %s stored (%d rows)", dataset.id, dataset.rows)
-    return _page(request, session, settings, uploaded=dataset, created=created, status_code=201 if created else 200)
+    return _page(
+        request, session, settings, uploaded=dataset, created=created, status_code=201 if created else 200
+    )
 
 
 def _page(request, session, settings, *, uploaded=None, created=False, error=None, status_code=200):
     datasets = datasets_service.list_datasets(session, 0, settings.page_size_limit)
-    context = {"datasets": datasets.items, "count": datasets.count, "uploaded": uploaded, "created": created,
-               "error": error}
+    context = {
+        "datasets": datasets.items,
+        "count": datasets.count,
+        "uploaded": uploaded,
+        "created": created,
+        "error": error,
+    }
     return render(request, "datasets.html", context, status_code=status_code)

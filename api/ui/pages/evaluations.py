@@ -12,7 +12,15 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import RuntimeDep, SessionDep, SettingsDep
 from api.schemas.jobs import EvaluateCreate
 from api.ui import views
-from api.ui.pages.common import dataset_or_upload, page_router, read_form, submit, text_field, uploaded_file, validated
+from api.ui.pages.common import (
+    dataset_or_upload,
+    page_router,
+    read_form,
+    submit,
+    text_field,
+    uploaded_file,
+    validated,
+)
 from api.ui.rendering import render
 from api.ui.security import TrainerPageDep
 from core.services import datasets as datasets_service
@@ -31,10 +39,16 @@ def evaluate_page(request: Request, session: SessionDep, settings: SettingsDep, 
 
 
 @router.post("/evaluate")
-async def start_evaluation(request: Request, session: SessionDep, runtime: RuntimeDep, principal: TrainerPageDep):
+async def start_evaluation(
+    request: Request, session: SessionDep, runtime: RuntimeDep, principal: TrainerPageDep
+):
     form = await read_form(request)
     chosen = [value for value in form.getlist("models") if isinstance(value, str) and value]
-    values = {"dataset_id": text_field(form, "dataset_id"), "models": chosen, "name": text_field(form, "name")}
+    values = {
+        "dataset_id": text_field(form, "dataset_id"),
+        "models": chosen,
+        "name": text_field(form, "name"),
+    }
     try:
         upload = await uploaded_file(form, runtime.settings)
         body = validated(

@@ -7,16 +7,30 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.responses import RedirectResponse
-from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import RuntimeDep, SessionDep, SettingsDep
 from api.schemas.jobs import FinetuneCreate
 from api.ui import views
-from api.ui.pages.common import dataset_or_upload, page_router, read_form, submit, text_field, uploaded_file, validated
+from api.ui.i18n import N_
+from api.ui.pages.common import (
+    dataset_or_upload,
+    page_router,
+    read_form,
+    submit,
+    text_field,
+    uploaded_file,
+    validated,
+)
 from api.ui.rendering import render
 from api.ui.security import TrainerPageDep
-from api.ui.training_form import METHOD_LINES, SECOND_STAGE_ADVICE, field_views, submitted_hyperparameters
+from api.ui.training_form import (
+    MAIN_HINTS,
+    METHOD_LINES,
+    SECOND_STAGE_ADVICE,
+    field_views,
+    submitted_hyperparameters,
+)
 from core.errors import InvalidRequest, NotFound
 from core.services import datasets as datasets_service
 from core.services import jobs as jobs_service
@@ -67,13 +81,18 @@ async def start_finetune(
             },
         )
         if stage == 2 and body.parent_model_id is None:
-            raise InvalidRequest("choose the model to continue", code="parent_required")
+            raise InvalidRequest(N_("choose the model to continue"), code="parent_required")
         spec = FinetuneSpec(**body.model_dump(exclude_unset=True))
-        job = await run_in_threadpool(_submit, session, runtime, principal, spec, upload, form)
+        job = await run_in_threadpool(submit, session, runtime, principal, spec, upload, form)
     except UserError as error:
         session.rollback()
         return _finetune_form(
-            request, session, runtime.settings, stage=stage, values=values, error=error,
+            request,
+            session,
+            runtime.settings,
+            stage=stage,
+            values=values,
+            error=error,
             status_code=error.status_code,
         )
     return RedirectResponse(f"/ui/jobs/{job.id}", status_code=303)
@@ -93,6 +112,7 @@ def _finetune_form(request, session, settings, *, stage, values, error=None, sta
         "parent": parent,
         "methods": METHODS,
         "method_lines": METHOD_LINES,
+        "main_hints": MAIN_HINTS,
         "second_stage_advice": SECOND_STAGE_ADVICE,
         "main_fields": main,
         "advanced_fields": advanced,
@@ -143,7 +163,9 @@ def _job_context(session, job_id: str) -> dict[str, Any]:
         "phase": views.job_phase(job),
         "progress": job.progress or {},
         "chart": views.epoch_chart(events, (job.progress or {}).get("epochs")),
-        "base_rows": views.comparison_rows(comparison.get("base_untrained") or {}, comparison.get("fine_tuned") or {}),
+        "base_rows": views.comparison_rows(
+            comparison.get("base_untrained") or {}, comparison.get("fine_tuned") or {}
+        ),
         "parent_rows": views.comparison_rows(parent_vs.get("parent") or {}, parent_vs.get("second") or {}),
         "forgetting": views.forgetting_summary(metrics.get("forgetting_check")),
         "metric_labels": views.METRIC_LABELS,
