@@ -166,6 +166,8 @@ def length_groups(sorted_lengths: list[int]) -> list[int]:
     if count:
         sizes.append(count)
     return sizes
+
+
 BERT_CLS_ID = 101  # [CLS] in the BERT vocabularies (the packaged MiniLM's included)
 
 
