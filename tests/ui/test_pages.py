@@ -112,11 +112,12 @@ def test_pages_need_a_session(app, client):
 
 @pytest.mark.parametrize("token", [None, "forged-token"])
 def test_a_post_without_the_sessions_csrf_token_is_refused(trainer, token):
-    data = {"name": "x"} if token is None else {"name": "x", "csrf_token": token}
-    response = trainer.post("/ui/datasets", data=data, files={"file": ("a.csv", notes_csv(20), "text/csv")})
+    data = {"name": "refused upload"} if token is None else {"name": "refused upload", "csrf_token": token}
+    upload = {"file": ("refused.csv", notes_csv(20, seed=41), "text/csv")}
+    response = trainer.post("/ui/datasets", data=data, files=upload)
     assert response.status_code == 403
     assert "security token" in response.text
-    assert trainer.get("/ui/datasets").text.count("a.csv") == 0
+    assert "refused upload" not in trainer.get("/ui/datasets").text
     sign_in_without = trainer.post("/ui/sign-in", data={"api_key": "ntk_x"})
     assert sign_in_without.status_code == 403
 
