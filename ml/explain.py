@@ -106,7 +106,7 @@ def explain_cached(
             "an explanation needs a model with sentence pooling; this model pools the note as a whole"
         )
     (token_ids,) = cache.encode(route, [text])
-    module = cache._executors[route.executor]  # the loaded module this route runs on
+    module = cache.module(route)
     adapter = route.adapter if route.executor[0] == "host" else None
     pad_id = load_tokenizer(route.base_model).pad_token_id
     return explain(module, token_ids, text, pad_id=pad_id, adapter=adapter, device=cache.device)

@@ -26,7 +26,6 @@ from core.settings import Settings
 COOKIE_NAME = "notetune_ui"
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
-DEFAULT_SESSION_MAX_AGE_S = 8 * 3600  # a working day
 MAX_FORM_FIELDS = 100  # every hyperparameter of the advanced section, and the other fields
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -41,16 +40,15 @@ class CsrfRefused(Forbidden):
 
 def add_session_middleware(app, settings: Settings) -> None:
     # Without a configured secret, one per process: sessions then end when the API restarts.
-    secret = getattr(settings, "ui_session_secret", None)
-    secret_text = secret.get_secret_value() if hasattr(secret, "get_secret_value") else secret
+    secret = settings.ui_session_secret
     app.add_middleware(
         SessionMiddleware,
-        secret_key=secret_text or secrets.token_urlsafe(32),
+        secret_key=secret.get_secret_value() if secret else secrets.token_urlsafe(32),
         session_cookie=COOKIE_NAME,
-        max_age=getattr(settings, "ui_session_max_age_s", None) or DEFAULT_SESSION_MAX_AGE_S,
+        max_age=settings.ui_session_max_age_s,
         path="/ui",
         same_site="strict",
-        https_only=bool(getattr(settings, "ui_https_only", False)),
+        https_only=settings.ui_https_only,
     )
 
 

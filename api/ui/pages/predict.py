@@ -4,9 +4,6 @@ in a URL, a log line or the browser's storage, and the page is not cached."""
 
 from __future__ import annotations
 
-import inspect
-from typing import Any
-
 from fastapi import Request
 
 from api.deps import RuntimeDep
@@ -22,8 +19,6 @@ from ml.errors import UserError
 from ml.vocabulary import BASE
 
 router = page_router()
-# The predictions service explains a note when it can (sentence pooling); the page asks when offered.
-EXPLAINS = "explain" in inspect.signature(predict).parameters
 
 
 @router.get("/predict")
@@ -49,14 +44,13 @@ async def predict_note(request: Request, runtime: RuntimeDep, principal: BriefPr
             compare_with=compare,
             threshold=_threshold(values["threshold"]),
         )
-        options: dict[str, Any] = {"explain": True} if EXPLAINS else {}
         result = await predict(
             runtime.database,
             runtime.settings,
             runtime.predictor,
             spec,
             api_key_id=principal.key_id,
-            **options,
+            explain=True,
         )
     except UserError as error:
         return _page(request, runtime, values=values, error=error, status_code=error.status_code)
