@@ -58,7 +58,7 @@ class NotePrediction(Prediction):
         default_factory=dict, description=f"Keyed by '{BASE}' or model id"
     )
     explanation: Explanation | None = Field(
-        default=None, description="With explain: true; null when the model does not pool by sentence"
+        default=None, description="Only with explain: true, and only for a model that pools by sentence"
     )
 
 

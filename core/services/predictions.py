@@ -163,8 +163,8 @@ async def predict(
     """Plan in one short transaction, wait for the batcher with no database connection held (so a
     flood of predictions cannot drain the pool), then write the audit rows in a second one.
 
-    With `explain`, each prediction also carries its sentences' shares of the model's score (null
-    for a model that does not pool by sentence). The audit keeps the outputs without them."""
+    With `explain`, each prediction also carries its sentences' shares of the model's score (None for
+    a model that does not pool by sentence). The audit keeps the outputs without them."""
     plan = await to_thread.run_sync(_planned, database, settings, spec)
     scored = await _scored(predictor, plan)
     result = assemble(plan, scored)
