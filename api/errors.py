@@ -16,8 +16,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from core.services.models import public_base_model, without_server_paths
 from ml.errors import UserError
 
 log = logging.getLogger("notetune.api")
@@ -48,16 +50,34 @@ async def _user_error(_: Request, error: Exception) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"}
     elif error.status_code == 503:
         headers = {"Retry-After": str(getattr(error, "retry_after_s", 5))}
-    return error_response(error.status_code, error.code, error.message, error.details, headers)
+    # A base model's server path (the packaged MiniLM's, inside the virtual environment) stays here.
+    message, details = public_base_model(error.message), without_server_paths(error.details)
+    return error_response(error.status_code, error.code, message, details, headers)
 
 
-async def _http_error(_: Request, error: Exception) -> JSONResponse:
+async def _http_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, StarletteHTTPException)
     messages = {404: "no such endpoint or resource", 405: "this method is not allowed on this endpoint"}
     message = messages.get(error.status_code) or HTTPStatus(error.status_code).phrase
-    return error_response(
-        error.status_code, _status_code_name(error.status_code), message, headers=error.headers
-    )
+    headers = error.headers
+    if error.status_code == 405:
+        headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}
+    return error_response(error.status_code, _status_code_name(error.status_code), message, headers=headers)
+
+
+_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route answers on this path (Starlette names only the first route's)."""
+    return [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] == Match.FULL
+            for route in request.app.router.routes
+        )
+    ]
 
 
 # Where a request part sits; every other location element must be a declared name or an index.

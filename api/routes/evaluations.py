@@ -5,7 +5,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse, Response
 
-from api.deps import SessionDep, SettingsDep, TrainerDep
+from api.deps import EvaluationId, SessionDep, SettingsDep, TrainerDep
 from api.schemas.common import responses
 from core.services import evaluations as evaluations_service
 from ml.vocabulary import PLOT_KINDS
@@ -21,7 +21,7 @@ router = APIRouter(prefix="/evaluations", tags=["evaluations"])
     },
 )
 def read_evaluation(
-    evaluation_id: str,
+    evaluation_id: EvaluationId,
     session: SessionDep,
     _: TrainerDep,
     format: Annotated[Literal["json", "csv"], Query(description="json (default) or csv")] = "json",
@@ -50,7 +50,7 @@ def read_evaluation(
     responses={200: {"content": {"image/png": {}}, "description": "A PNG chart"}, **responses(404)},
 )
 def evaluation_plot(
-    evaluation_id: str,
+    evaluation_id: EvaluationId,
     kind: Literal[PLOT_KINDS],  # type: ignore[valid-type]
     session: SessionDep,
     settings: SettingsDep,

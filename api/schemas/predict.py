@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from api.schemas.common import Text
 from ml.vocabulary import BASE, MAX_MODELS
 
 
@@ -19,11 +20,11 @@ class PredictRequest(BaseModel):
         },
     )
 
-    model_id: str = Field(max_length=64)
+    model_id: Text = Field(max_length=64)
     texts: list[str] = Field(
         description="Clinical notes; the limits on count and length are in the settings."
     )
-    compare_with: list[str] = Field(
+    compare_with: list[Text] = Field(
         default_factory=list, max_length=MAX_MODELS, description=f"'{BASE}' and/or model ids"
     )
     threshold: float | None = Field(
