@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-ml test-service bench lint migrate
+.PHONY: install run test test-ml test-service bench lint migrate fuzz
 
 install: $(STAMP)
 
@@ -33,6 +33,14 @@ test-ml: install
 test-service: install
 	bash scripts/ensure_services.sh
 	$(BIN)/python -m pytest -q tests/service
+
+# The schemathesis run of the test suite, longer: more examples per operation, another seed.
+FUZZ_EXAMPLES ?= 200
+FUZZ_SEED ?= 1
+fuzz: install
+	bash scripts/ensure_services.sh
+	NOTETUNE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) NOTETUNE_FUZZ_SEED=$(FUZZ_SEED) \
+		$(BIN)/python -m pytest -q -p no:cacheprovider tests/service/test_schemathesis.py
 
 bench: install
 	$(BIN)/python bench/train_throughput.py

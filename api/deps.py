@@ -12,7 +12,9 @@ from fastapi import Depends, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.errors import allowed_methods
 from api.limits import PRINCIPAL_SCOPE_KEY
 from api.metrics import ServiceMetrics
 from api.schemas.common import PageQuery
@@ -163,9 +165,12 @@ _ID = re.compile(ID_PATTERN)
 def path_id(resource: str, parameter: str):
     """A path id of our shape, or 404 (the value is not echoed): free text never reaches the database."""
 
-    def dependency(**path: str) -> str:
+    def dependency(request: Request, **path: str) -> str:
         value = path[parameter]
         if _ID.match(value) is None:
+            if request.method not in allowed_methods(request):
+                # /jobs/finetune has the shape of /jobs/{job_id}: GET there is a method the path lacks.
+                raise StarletteHTTPException(405)
             raise NotFound.for_id(resource, value)
         return value
 
@@ -174,7 +179,10 @@ def path_id(resource: str, parameter: str):
         description="A 32-character hex id; anything else is 404", json_schema_extra={"pattern": ID_PATTERN}
     )
     dependency.__signature__ = inspect.Signature(
-        [inspect.Parameter(parameter, inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[str, declared])],
+        [
+            inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request),
+            inspect.Parameter(parameter, inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[str, declared]),
+        ],
         return_annotation=str,
     )
     dependency.__name__ = f"{parameter}_path"

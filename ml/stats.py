@@ -27,17 +27,18 @@ from ml.metrics import (
     to_json_number,
 )
 
-# Resamples processed per block: bounds memory (a block is a few (block, n) float arrays) without
-# losing the speed of vectorisation.
+# Resamples whose metrics are computed at once: bounds memory (a block is a dozen (block, n) float
+# arrays, so fewer resamples per block for many notes) without losing the speed of vectorisation.
 _BLOCK_ROWS = 200
+_BLOCK_CELLS = 1_000_000
 # Below this many discordant pairs McNemar's chi-square approximation is poor; use the exact binomial.
 MCNEMAR_EXACT_BELOW = 25
 
 
-# Index cells (resamples x notes) drawn at once, about 160 MB of int64. Larger evaluations draw their
-# resamples in blocks of this many cells, so memory stays bounded whatever rows x resamples is; up to
-# this size the draws are those of a single call, as they always were.
-BOOTSTRAP_BLOCK_CELLS = 20_000_000
+# Index cells (resamples x notes) drawn at once: 32 MB of int64, about 100 MB at the peak of a draw.
+# Larger evaluations draw their resamples in blocks of this many cells, so memory stays bounded
+# whatever rows x resamples is; up to this size the draws are those of one call, as they always were.
+BOOTSTRAP_BLOCK_CELLS = 4_000_000
 
 
 @dataclass(frozen=True)
@@ -94,11 +95,10 @@ def metric_samples(
     else:
         n_resamples, blocks = indices.shape[0], iter([(0, indices)])
     samples = [{name: np.empty(n_resamples) for name in METRIC_NAMES} for _ in thresholds]
+    rows = max(1, min(_BLOCK_ROWS, _BLOCK_CELLS // max(1, labels.size)))
     for first, drawn in blocks:
-        for offset in range(0, drawn.shape[0], _BLOCK_ROWS):
-            _fill_block(
-                samples, labels, probs, thresholds, drawn[offset : offset + _BLOCK_ROWS], first + offset
-            )
+        for offset in range(0, drawn.shape[0], rows):
+            _fill_block(samples, labels, probs, thresholds, drawn[offset : offset + rows], first + offset)
     return samples
 
 

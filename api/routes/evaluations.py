@@ -11,6 +11,8 @@ from core.services import evaluations as evaluations_service
 from ml.vocabulary import PLOT_KINDS
 
 router = APIRouter(prefix="/evaluations", tags=["evaluations"])
+# The service checks the size (code plot_size); the schema states the same bounds.
+PIXELS = {"minimum": 200, "maximum": 4000}
 
 
 @router.get(
@@ -55,8 +57,12 @@ def evaluation_plot(
     session: SessionDep,
     settings: SettingsDep,
     _: TrainerDep,
-    width: Annotated[int | None, Query(description="Pixels (200-4000); default 900")] = None,
-    height: Annotated[int | None, Query(description="Pixels (200-4000); default 700")] = None,
+    width: Annotated[
+        int | None, Query(description="Pixels (200-4000); default 900", json_schema_extra=PIXELS)
+    ] = None,
+    height: Annotated[
+        int | None, Query(description="Pixels (200-4000); default 700", json_schema_extra=PIXELS)
+    ] = None,
 ) -> Response:
     """ROC, precision-recall, confusion matrices or calibration of the evaluated models."""
     png = evaluations_service.plot_evaluation(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 
 import pytest
 
@@ -242,3 +243,110 @@ def test_options_is_405_with_allow(client, keys):
         response = client.options(path, headers=bearer(keys["admin"]))
         assert response.status_code == 405
         assert set(response.headers["allow"].replace(" ", "").split(",")) == allowed
+
+
+@pytest.fixture(scope="module")
+def packaged_app(settings, database, api_log):
+    """The service on its packaged base model (the session's uses a tiny BERT), on a queue no worker
+    reads: its jobs are never run."""
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+
+    packaged = settings.model_copy(
+        update={"base_model": None, "queue_name": f"nowhere-{uuid.uuid4().hex[:8]}"}
+    )
+    with TestClient(create_app(packaged), raise_server_exceptions=False) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def packaged_model(database, packaged_app, keys) -> str:
+    """A model row trained (as far as the database says) from the packaged base model."""
+    from core.db.base import new_id, utcnow
+    from core.db.models import Job, JobKind, JobStatus, Model
+    from ml.config import default_base_model
+
+    dataset = upload(packaged_app, keys["trainer"], notes_csv(24, seed=1204)).json()["id"]
+    job = Job(
+        id=new_id(),
+        kind=JobKind.finetune,
+        status=JobStatus.succeeded,
+        method="lora",
+        stage=1,
+        base_model=default_base_model(),
+        train_dataset_id=dataset,
+        hyperparameters={},
+        output_model_id=new_id(),
+        created_at=utcnow(),
+    )
+    with database.transaction() as session:
+        session.add(job)
+        session.flush()
+        session.add(
+            Model(
+                id=job.output_model_id,
+                job_id=job.id,
+                method="lora",
+                stage=1,
+                base_model=default_base_model(),
+                path=job.output_model_id,
+                train_dataset_id=dataset,
+                hyperparameters={},
+                data_summary={},
+                metrics={},
+                threshold=0.5,
+                manifest={},
+                created_at=utcnow(),
+            )
+        )
+    return job.output_model_id
+
+
+def test_no_response_shows_the_packaged_base_models_path(packaged_app, packaged_model, keys):
+    from core.services.models import PACKAGED_BASE_MODEL
+    from ml.config import default_base_model
+
+    server_path = default_base_model()
+    trainer = bearer(keys["trainer"])
+    model = packaged_app.get(f"/models/{packaged_model}", headers=trainer)
+    assert model.status_code == 200
+    assert model.json()["base_model"] == PACKAGED_BASE_MODEL
+    assert model.json()["lineage"][-1] == {
+        "kind": "base_model",
+        "id": None,
+        "method": None,
+        "stage": None,
+        "name": PACKAGED_BASE_MODEL,
+    }
+    dataset = model.json()["train_dataset_id"]
+    by_name = {"train_dataset_id": dataset, "method": "lora", "base_model": PACKAGED_BASE_MODEL}
+    started = packaged_app.post("/jobs/finetune", json=by_name, headers=trainer)
+    assert started.status_code == 202, started.text
+    assert started.json()["base_model"] == PACKAGED_BASE_MODEL
+    refused = packaged_app.post("/jobs/finetune", json={**by_name, "base_model": "/etc"}, headers=trainer)
+    assert refused.status_code == 422 and error_of(refused)["code"] == "base_model_not_allowed"
+    assert PACKAGED_BASE_MODEL in error_of(refused)["details"]["allowed"]
+    responses = [
+        model,
+        started,
+        refused,
+        packaged_app.get("/models", headers=trainer),
+        packaged_app.get(f"/jobs/{started.json()['id']}", headers=trainer),
+        packaged_app.get("/jobs", headers=trainer),
+        packaged_app.get(f"/datasets/{dataset}", headers=trainer),
+        packaged_app.post(
+            "/jobs/finetune", json={**by_name, "parent_model_id": packaged_model}, headers=trainer
+        ),
+        packaged_app.post(
+            "/jobs/evaluate",
+            json={"test_dataset_id": dataset, "models": ["base", packaged_model]},
+            headers=trainer,
+        ),
+    ]
+    for response in responses:
+        assert server_path not in response.text, response.request.url
+    packaged_app.post(f"/jobs/{started.json()['id']}/cancel", headers=trainer)
+    for response in responses[-2:]:
+        if response.status_code == 202:
+            packaged_app.post(f"/jobs/{response.json()['id']}/cancel", headers=trainer)
