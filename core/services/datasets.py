@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from core.db.base import utcnow
 from core.db.models import Dataset
 from core.db.repositories import DatasetRepository, Page
-from core.errors import NotFound, PayloadTooLarge
+from core.errors import InvalidRequest, NotFound, PayloadTooLarge
 from core.services.models import configured_base_model
 from core.settings import Settings
 from ml.vocabulary import DEFAULT_MAX_LENGTH
@@ -94,6 +94,21 @@ def note_limits(settings: Settings) -> NoteLimits:
         max_sentences=settings.max_note_sentences,
         max_tokens=settings.max_note_tokens,
     )
+
+
+def check_predict_sentences(settings: Settings, texts: list[str]) -> None:
+    """Sentences per note for /predict (NOTETUNE_MAX_NOTE_SENTENCES): under sentence pooling each one
+    is a model input, so a note of many tiny sentences would cost as much as a batch of notes."""
+    from ml.data import sentence_count
+
+    limit = settings.max_note_sentences
+    too_many = [index for index, text in enumerate(texts) if sentence_count(text) > limit]
+    if too_many:
+        raise InvalidRequest(
+            f"notes may have at most {limit} sentences (each is scored on its own)",
+            code="too_many_sentences",
+            details={"indices": too_many[:20], "limit": limit},
+        )
 
 
 def token_limit(settings: Settings) -> int:

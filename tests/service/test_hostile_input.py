@@ -13,24 +13,33 @@ from tests.service.helpers import bearer, error_of, notes_csv, rows_csv, upload
 
 CHUNK = 64 * 1024
 HOSTILE_BYTES = 40 * 1024 * 1024
+MULTIPART = "multipart/form-data; boundary=b"
+FILE_PART = (
+    b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.csv"\r\nContent-Type: text/csv\r\n\r\n'
+)
 
 
 class StreamedBody:
     """An ASGI receive that streams a chunked body (no Content-Length) and counts what the app read."""
 
-    def __init__(self, total: int) -> None:
-        self.total, self.read = total, 0
+    def __init__(self, total: int, opening: bytes = b"") -> None:
+        self.total, self.read, self.opening = total, 0, opening
 
     async def __call__(self) -> dict:
         if self.read >= self.total:
             await asyncio.sleep(3600)  # the client waits for the answer
         size = min(CHUNK, self.total - self.read)
+        chunk = (self.opening + b"[" * size)[:size] if self.read == 0 else b"[" * size
         self.read += size
-        return {"type": "http.request", "body": b"[" * size, "more_body": self.read < self.total}
+        return {"type": "http.request", "body": chunk, "more_body": self.read < self.total}
 
 
-def send_streamed(app, path: str, headers: dict[str, str], total: int) -> tuple[int, dict, StreamedBody]:
-    body = StreamedBody(total)
+def send_streamed(
+    app, path: str, headers: dict[str, str], total: int, content_type: str = "application/json"
+) -> tuple[int, dict, StreamedBody]:
+    # A form opens with a file part that never ends; JSON is an array that never closes.
+    opening = FILE_PART if content_type.startswith("multipart/") else b""
+    body = StreamedBody(total, opening)
     sent: list[dict] = []
 
     async def send(message: dict) -> None:
@@ -46,7 +55,7 @@ def send_streamed(app, path: str, headers: dict[str, str], total: int) -> tuple[
         "raw_path": path.encode(),
         "root_path": "",
         "query_string": b"",
-        "headers": [(b"transfer-encoding", b"chunked"), (b"content-type", b"application/json")]
+        "headers": [(b"transfer-encoding", b"chunked"), (b"content-type", content_type.encode())]
         + [(name.lower().encode(), value.encode()) for name, value in headers.items()],
         "client": ("127.0.0.1", 1234),
         "server": ("testserver", 80),
@@ -67,25 +76,37 @@ def test_a_chunked_body_without_a_key_is_401_before_any_of_it_is_read(app, clien
 
 
 def test_a_chunked_body_with_a_bad_key_is_401_before_any_of_it_is_read(app, client):
-    status, answer, body = send_streamed(app, "/datasets", bearer("ntk_not-a-key"), HOSTILE_BYTES)
+    status, answer, body = send_streamed(app, "/datasets", bearer("ntk_not-a-key"), HOSTILE_BYTES, MULTIPART)
     assert status == 401 and answer["error"]["code"] == "invalid_api_key"
     assert body.read == 0
 
 
 def test_an_upload_with_a_predictor_key_is_403_before_any_of_it_is_read(app, client, keys):
-    status, answer, body = send_streamed(app, "/datasets", bearer(keys["predictor"]), HOSTILE_BYTES)
+    status, answer, body = send_streamed(
+        app, "/datasets", bearer(keys["predictor"]), HOSTILE_BYTES, MULTIPART
+    )
     assert status == 403 and answer["error"]["code"] == "insufficient_role"
     assert body.read == 0
 
 
-@pytest.mark.parametrize("path", ["/predict", "/keys", "/jobs/finetune"])
+@pytest.mark.parametrize(
+    ("path", "content_type"),
+    [
+        ("/predict", "application/json"),
+        ("/keys", "application/json"),
+        ("/jobs/finetune", "application/json"),
+        ("/jobs/evaluate", MULTIPART),
+        ("/datasets", MULTIPART),
+    ],
+)
 def test_a_chunked_body_over_the_route_limit_is_413_and_not_read_to_the_end(
-    app, client, keys, settings, path
+    app, client, keys, settings, path, content_type
 ):
-    status, answer, body = send_streamed(app, path, bearer(keys["admin"]), HOSTILE_BYTES)
-    assert status == 413 and answer["error"]["code"] == "payload_too_large"
+    over_any_limit = max(HOSTILE_BYTES, settings.max_upload_bytes + 4 * 1024 * 1024)
+    status, answer, body = send_streamed(app, path, bearer(keys["admin"]), over_any_limit, content_type)
+    assert status == 413 and answer["error"]["code"] == "payload_too_large", answer
     limit = answer["error"]["details"]["limit_bytes"]
-    assert limit <= max(settings.predict_body_limit, settings.max_json_body_bytes)
+    assert limit <= max(settings.predict_body_limit, settings.max_upload_bytes + 1024 * 1024)
     assert body.read <= limit + CHUNK
 
 
@@ -118,9 +139,18 @@ def test_huge_offsets_are_422(client, keys, url):
     assert response.status_code == 422 and error_of(response)["code"] == "validation_error"
 
 
-def test_huge_event_offsets_are_422(client, keys):
-    response = client.get(f"/jobs/{'0' * 32}/events?offset=1e20", headers=bearer(keys["trainer"]))
-    assert response.status_code == 422
+@pytest.mark.parametrize("offset", ["1e20", "99999999999999999999", "9367375746213507072"])
+def test_huge_event_offsets_are_422(client, keys, database, offset):
+    from core.db.base import new_id, utcnow
+    from core.db.models import Job, JobKind, JobStatus
+
+    job = Job(
+        id=new_id(), kind=JobKind.finetune, status=JobStatus.failed, hyperparameters={}, created_at=utcnow()
+    )
+    with database.transaction() as session:
+        session.add(job)
+    response = client.get(f"/jobs/{job.id}/events?offset={offset}", headers=bearer(keys["trainer"]))
+    assert response.status_code == 422 and error_of(response)["code"] == "validation_error"
 
 
 @pytest.mark.parametrize(
@@ -350,3 +380,17 @@ def test_no_response_shows_the_packaged_base_models_path(packaged_app, packaged_
     for response in responses[-2:]:
         if response.status_code == 202:
             packaged_app.post(f"/jobs/{response.json()['id']}/cancel", headers=trainer)
+
+
+def test_predict_notes_with_too_many_sentences_are_refused_naming_them(settings):
+    from core.errors import InvalidRequest
+    from core.services.datasets import check_predict_sentences
+
+    capped = settings.model_copy(update={"max_note_sentences": 3})
+    check_predict_sentences(capped, ["One. Two. Three.", "fine"])
+    with pytest.raises(InvalidRequest) as refused:
+        check_predict_sentences(capped, ["fine", "One. Two. Three. Four."])
+    assert refused.value.code == "too_many_sentences" and refused.value.details == {
+        "indices": [1],
+        "limit": 3,
+    }
