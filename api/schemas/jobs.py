@@ -10,6 +10,8 @@ from core.db.models import JobKind, JobStatus
 from ml.config import hyperparameters_json_schema
 from ml.vocabulary import BASE, MAX_MODELS, METHODS
 
+MAX_OPTION_TEXT = 100
+
 
 class FinetuneCreate(BaseModel):
     model_config = ConfigDict(
@@ -45,7 +47,17 @@ class FinetuneCreate(BaseModel):
     )
     name: Text | None = Field(default=None, max_length=200)
 
-    _hyperparameters_storable = field_validator("hyperparameters")(storable_json)
+    @field_validator("hyperparameters")
+    @classmethod
+    def _short_storable_values(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # Every option's text is a word or a short expression ("sensitivity>=0.9"): a long one is
+        # refused before any pattern reads it.
+        too_long = [
+            key for key, item in value.items() if isinstance(item, str) and len(item) > MAX_OPTION_TEXT
+        ]
+        if too_long:
+            raise ValueError(f"a hyperparameter's text may have at most {MAX_OPTION_TEXT} characters")
+        return storable_json(value)
 
 
 class EvaluateCreate(BaseModel):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 
 import pytest
@@ -394,3 +395,13 @@ def test_predict_notes_with_too_many_sentences_are_refused_naming_them(settings)
         "indices": [1],
         "limit": 3,
     }
+
+
+def test_a_long_hyperparameter_text_is_422_at_once(client, keys):
+    """threshold_mode is parsed with a pattern that backtracks on a long run of digits."""
+    mode = "sensitivity>=" + "1" * 200_000 + "x"
+    body = {"train_dataset_id": "0" * 32, "method": "lora", "hyperparameters": {"threshold_mode": mode}}
+    started = time.perf_counter()
+    response = client.post("/jobs/finetune", json=body, headers=bearer(keys["trainer"]))
+    assert response.status_code == 422 and error_of(response)["code"] == "validation_error"
+    assert time.perf_counter() - started < 2.0
