@@ -5,9 +5,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Response, UploadFile, status
 
-from api.deps import PageDep, SessionDep, SettingsDep, TrainerDep
+from api.deps import DatasetId, PageDep, SessionDep, SettingsDep, TrainerDep
 from api.forms import read_upload
-from api.schemas.common import ListResponse, responses
+from api.schemas.common import ListResponse, Text, responses
 from api.schemas.datasets import DatasetRead
 from core.services import datasets as datasets_service
 
@@ -30,7 +30,7 @@ def upload_dataset(
     _: TrainerDep,
     response: Response,
     file: Annotated[UploadFile, File(description="CSV with columns Text,label (0 survived, 1 died)")],
-    name: Annotated[str | None, Form(max_length=200)] = None,
+    name: Annotated[Text | None, Form(max_length=200)] = None,
 ) -> DatasetRead:
     """Upload a CSV of labelled notes; validated before anything is stored."""
     content = read_upload(file, settings.max_upload_bytes)
@@ -53,6 +53,6 @@ def list_datasets(session: SessionDep, _: TrainerDep, page: PageDep) -> ListResp
 
 
 @router.get("/{dataset_id}", response_model=DatasetRead, responses=responses(404))
-def read_dataset(dataset_id: str, session: SessionDep, _: TrainerDep) -> DatasetRead:
+def read_dataset(dataset_id: DatasetId, session: SessionDep, _: TrainerDep) -> DatasetRead:
     """One dataset's summary."""
     return DatasetRead.model_validate(datasets_service.get_dataset(session, dataset_id))

@@ -5,12 +5,14 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse, Response
 
-from api.deps import SessionDep, SettingsDep, TrainerDep
+from api.deps import EvaluationId, SessionDep, SettingsDep, TrainerDep
 from api.schemas.common import responses
 from core.services import evaluations as evaluations_service
 from ml.vocabulary import PLOT_KINDS
 
 router = APIRouter(prefix="/evaluations", tags=["evaluations"])
+# The service checks the size (code plot_size); the schema states the same bounds.
+PIXELS = {"minimum": 200, "maximum": 4000}
 
 
 @router.get(
@@ -21,7 +23,7 @@ router = APIRouter(prefix="/evaluations", tags=["evaluations"])
     },
 )
 def read_evaluation(
-    evaluation_id: str,
+    evaluation_id: EvaluationId,
     session: SessionDep,
     _: TrainerDep,
     format: Annotated[Literal["json", "csv"], Query(description="json (default) or csv")] = "json",
@@ -50,13 +52,17 @@ def read_evaluation(
     responses={200: {"content": {"image/png": {}}, "description": "A PNG chart"}, **responses(404)},
 )
 def evaluation_plot(
-    evaluation_id: str,
+    evaluation_id: EvaluationId,
     kind: Literal[PLOT_KINDS],  # type: ignore[valid-type]
     session: SessionDep,
     settings: SettingsDep,
     _: TrainerDep,
-    width: Annotated[int | None, Query(description="Pixels (200-4000); default 900")] = None,
-    height: Annotated[int | None, Query(description="Pixels (200-4000); default 700")] = None,
+    width: Annotated[
+        int | None, Query(description="Pixels (200-4000); default 900", json_schema_extra=PIXELS)
+    ] = None,
+    height: Annotated[
+        int | None, Query(description="Pixels (200-4000); default 700", json_schema_extra=PIXELS)
+    ] = None,
 ) -> Response:
     """ROC, precision-recall, confusion matrices or calibration of the evaluated models."""
     png = evaluations_service.plot_evaluation(

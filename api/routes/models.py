@@ -4,7 +4,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from api.deps import PageDep, PredictorDep, RuntimeDep, SessionDep
+from api.deps import ModelId, PageDep, PredictorDep, RuntimeDep, SessionDep
 from api.schemas.common import ListResponse, responses
 from api.schemas.models import ModelRead, ModelSummary
 from core.db.models import Model
@@ -21,7 +21,7 @@ def list_models(session: SessionDep, _: PredictorDep, page: PageDep) -> ListResp
 
 
 @router.get("/{model_id}", response_model=ModelRead, responses=responses(404))
-def read_model(model_id: str, session: SessionDep, runtime: RuntimeDep, _: PredictorDep) -> ModelRead:
+def read_model(model_id: ModelId, session: SessionDep, runtime: RuntimeDep, _: PredictorDep) -> ModelRead:
     """A model: method, stage, base model, hyperparameters, data, metrics, lineage, and whether it is
     loaded for serving."""
     model = models_service.get_model(session, model_id)

@@ -21,6 +21,7 @@ from core.db.repositories import PredictionAuditRepository
 from core.db.session import Database
 from core.errors import InvalidRequest, ModelUnavailable, PredictionsBusy
 from core.services.audit import note_digest
+from core.services.datasets import check_predict_sentences
 from core.services.models import get_model, model_directory
 from core.settings import Settings
 from ml.vocabulary import BASE
@@ -56,6 +57,7 @@ def check_limits(settings: Settings, spec: PredictSpec) -> None:
     empty = [index for index, text in enumerate(spec.texts) if not text.strip()]
     if empty:
         raise InvalidRequest("notes must not be empty", code="empty_text", details={"indices": empty[:20]})
+    check_predict_sentences(settings, spec.texts)
     unencodable = [index for index, text in enumerate(spec.texts) if not _utf8_encodable(text)]
     if unencodable:
         # A lone surrogate (JSON allows "\ud800") breaks the tokenizer and the audit hash.
