@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import error_response
 from core.db.models import Role
-from core.errors import PayloadTooLarge, ServiceUnavailable
+from core.errors import PayloadTooLarge, ServiceUnavailable, Unauthorized
 from core.services.auth import Principal, authenticate, authorize
 from core.settings import Settings
 from ml.errors import UserError
@@ -30,11 +30,17 @@ FORM_OVERHEAD_BYTES = 1024 * 1024
 API_PREFIXES = ("/datasets", "/jobs", "/models", "/evaluations", "/predict", "/keys", "/metrics", "/version")
 
 
+# The web pages: a body (a form) is read only from a signed-in session, except the sign-in form itself.
+PAGES_PREFIX = "/ui"
+PAGES_OPEN_FORMS = ("/ui/sign-in", "/ui/language")
+
+
 @dataclass(frozen=True)
 class BodyRule:
     limit_bytes: int
     needs_key: bool
     role: Role | None = None  # checked before the body too, where the route is known
+    needs_session: bool = False  # a page form: the signed session must name a key (checked again later)
 
 
 def body_rule(settings: Settings, method: str, path: str, multipart: bool) -> BodyRule:
@@ -52,7 +58,10 @@ def body_rule(settings: Settings, method: str, path: str, multipart: bool) -> Bo
             return BodyRule(upload_limit if multipart else json_limit, True, Role.trainer)
         if route == "/keys":
             return BodyRule(json_limit, True, Role.admin)
-    return BodyRule(upload_limit if multipart and not needs_key else json_limit, needs_key)
+    route = path.rstrip("/")
+    if route.startswith(PAGES_PREFIX) and route not in PAGES_OPEN_FORMS:
+        return BodyRule(upload_limit if multipart else json_limit, False, needs_session=True)
+    return BodyRule(json_limit, needs_key)
 
 
 def has_body(headers: Headers) -> bool:
@@ -95,6 +104,8 @@ class RequestBodyGuard:
         try:
             if rule.needs_key and has_body(headers):
                 scope[PRINCIPAL_SCOPE_KEY] = await self._checked_key(scope, headers, rule)
+            if rule.needs_session and has_body(headers) and not _signed_in(scope):
+                raise Unauthorized("sign in before sending a form", code="not_signed_in")
             declared = declared_length(headers)
             if declared is not None and declared > rule.limit_bytes:
                 raise BodyTooLarge(rule.limit_bytes)
@@ -119,6 +130,12 @@ class RequestBodyGuard:
         except Exception:
             raise KeyCheckUnavailable("the API key cannot be checked now; retry later") from None
         return authorize(principal, rule.role) if rule.role is not None else principal
+
+
+def _signed_in(scope: Scope) -> bool:
+    """The signed session cookie (decoded by the session middleware, outside this one) names a key."""
+    session = scope.get("session")
+    return isinstance(session, dict) and isinstance(session.get("key_id"), str)
 
 
 class CountedBody:

@@ -82,6 +82,12 @@ def test_a_chunked_body_with_a_bad_key_is_401_before_any_of_it_is_read(app, clie
     assert body.read == 0
 
 
+def test_a_page_form_without_a_signed_in_session_is_refused_before_any_of_it_is_read(app, client):
+    status, answer, body = send_streamed(app, "/ui/datasets", {}, HOSTILE_BYTES, MULTIPART)
+    assert status == 401 and answer["error"]["code"] == "not_signed_in"
+    assert body.read == 0
+
+
 def test_an_upload_with_a_predictor_key_is_403_before_any_of_it_is_read(app, client, keys):
     status, answer, body = send_streamed(
         app, "/datasets", bearer(keys["predictor"]), HOSTILE_BYTES, MULTIPART
