@@ -355,6 +355,10 @@ def test_predict_shows_the_model_beside_the_base_and_keeps_the_note_out_of_logs(
     assert "Probability of death" in response.text and "base (untrained)" in response.text
     assert response.text.count("%</td>") >= 3
     assert CANARY in response.text  # the note stays in the form to edit
+    from ml.data import sentences_of
+
+    marks = response.text.count("<mark class=")
+    assert marks == len(sentences_of(note)) > 1, "each sentence is marked by its share of the score"
     assert CANARY not in api_log.read_text()
     empty = post_form(predictor, "/ui/predict", {"model_id": trained["second_model"], "note": "  "})
     assert empty.status_code == 422 and "notes must not be empty" in empty.text
