@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-ml test-service bench lint migrate
+.PHONY: install run test test-ml test-service test-ui bench lint migrate messages screenshots
 
 install: $(STAMP)
 
@@ -25,6 +25,7 @@ migrate: install
 
 test: install
 	bash scripts/ensure_services.sh
+	bash scripts/ensure_browser.sh
 	$(BIN)/python -m pytest -q -rs
 
 test-ml: install
@@ -33,6 +34,23 @@ test-ml: install
 test-service: install
 	bash scripts/ensure_services.sh
 	$(BIN)/python -m pytest -q tests/service
+
+test-ui: install
+	bash scripts/ensure_services.sh
+	bash scripts/ensure_browser.sh
+	$(BIN)/python -m pytest -q tests/ui
+
+# The README's screenshots: the browser test's run, photographed at a laptop's width.
+screenshots: install
+	bash scripts/ensure_services.sh
+	bash scripts/ensure_browser.sh
+	NOTETUNE_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest -q tests/ui/test_browser.py
+
+# The pages' strings: extract them (babel.cfg) and merge them into each language's catalog; the
+# app reads the .po files directly, so there is nothing to compile.
+messages: install
+	$(BIN)/pybabel extract -F babel.cfg -k N_ --no-location --omit-header --sort-output -o api/locale/messages.pot .
+	$(BIN)/pybabel update -i api/locale/messages.pot -d api/locale --no-location --no-wrap
 
 bench: install
 	$(BIN)/python bench/train_throughput.py

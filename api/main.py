@@ -6,6 +6,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.deps import ApiRuntime
@@ -13,6 +16,7 @@ from api.errors import error_response, install_error_handlers
 from api.metrics import JobCollector, RequestTimer, ServiceMetrics, ServingCollector
 from api.routes import datasets, evaluations, jobs, keys, models, predict, system
 from api.routes import metrics as metrics_routes
+from api.ui import STATIC_DIR, install_ui
 from core.db.session import Database
 from core.queue import JobQueue
 from core.services.metrics import job_statistics
@@ -50,13 +54,49 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             queue.close()
             database.dispose()
 
-    app = FastAPI(title="notetune", version=_version(), description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="notetune",
+        version=_version(),
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
     install_error_handlers(app)
     app.add_middleware(RequestTimer, metrics=metrics)
     app.add_middleware(BodySizeLimit, limit_bytes=settings.max_upload_bytes + 1024 * 1024)
     for module in (datasets, jobs, models, predict, evaluations, keys, system, metrics_routes):
         app.include_router(module.router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    _add_offline_docs(app)
+    install_ui(app, settings)
     return app
+
+
+def _add_offline_docs(app: FastAPI) -> None:
+    """/docs and /redoc with their JavaScript and CSS served from here: FastAPI's defaults load them
+    from a CDN, and a hospital server is often offline."""
+    vendor = "/static/vendor"
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} - API docs",
+            swagger_js_url=f"{vendor}/swagger-ui/swagger-ui-bundle.js",
+            swagger_css_url=f"{vendor}/swagger-ui/swagger-ui.css",
+            swagger_favicon_url=f"{vendor}/swagger-ui/favicon-32x32.png",
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc() -> HTMLResponse:
+        return get_redoc_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} - API reference",
+            redoc_js_url=f"{vendor}/redoc/redoc.standalone.js",
+            redoc_favicon_url=f"{vendor}/swagger-ui/favicon-32x32.png",
+            with_google_fonts=False,
+        )
 
 
 def start_predictor(settings: Settings, metrics: ServiceMetrics):

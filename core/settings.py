@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     max_text_chars: int = Field(default=20_000, ge=1)
     page_size_limit: int = Field(default=200, ge=1)
 
+    # The web pages' sessions: a signed cookie. Without a secret each API process signs with a random
+    # one, so sessions end on restart and are not shared between processes.
+    ui_session_secret: SecretStr | None = None
+    ui_session_max_age_s: int = Field(default=8 * 3600, ge=60)
+    ui_https_only: bool = False
+
     # Serving /predict: the micro-batcher of the API process (ml/serving.py says the trade-offs).
     # More notes per pass and a longer wait raise throughput under load and add latency at low load;
     # the token budget bounds one pass's memory; a full queue answers 503 with Retry-After.

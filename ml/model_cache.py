@@ -135,6 +135,10 @@ class ModelCache:
         row_adapters = None if executor[0] != "host" else [name or BASE_ADAPTER for name in adapters]
         return predict_logits(module, token_ids, pad_id, self.batch_size, self.device, row_adapters)
 
+    def module(self, route: Route) -> torch.nn.Module:
+        """The loaded module a route runs on (a host serves several adapters: see route.adapter)."""
+        return self._executors[route.executor]
+
     # --- what is loaded --------------------------------------------------------------------------
 
     def loaded_count(self) -> int:

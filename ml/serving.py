@@ -24,6 +24,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -94,6 +95,7 @@ class MicroBatcher:
         self.options = options
         self.stats = stats or BatchStats()
         self._jobs: deque[_Job] = deque()
+        self._calls: deque[tuple[Callable[[ModelCache], Any], Future]] = deque()
         self._queued_notes = 0
         self._condition = threading.Condition()
         self._stopping = False
@@ -116,6 +118,8 @@ class MicroBatcher:
         with self._condition:
             while self._jobs:
                 self._jobs.popleft().future.set_exception(ServingBusy(1))
+            while self._calls:
+                self._calls.popleft()[1].set_exception(ServingBusy(1))
             self._queued_notes = 0
 
     def submit(self, models: list[ModelRequest], texts: list[str]) -> list[Future]:
@@ -132,6 +136,16 @@ class MicroBatcher:
             self._condition.notify()
         return [job.future for job in jobs]
 
+    def call(self, function: Callable[[ModelCache], Any]) -> Future:
+        """Run `function(cache)` in the inference thread between batches (e.g. an explanation)."""
+        future: Future = Future()
+        with self._condition:
+            if self._stopping:
+                raise ServingBusy(self._retry_after_s())
+            self._calls.append((function, future))
+            self._condition.notify()
+        return future
+
     def queued_notes(self) -> int:
         return self._queued_notes
 
@@ -146,9 +160,12 @@ class MicroBatcher:
 
     def _serve(self) -> None:
         while True:
+            self._run_calls()
             batch = self._collect()
             if batch is None:
-                return
+                if self._stopping:
+                    return
+                continue
             started = time.monotonic()
             self._run(batch)
             self._loaded = frozenset(self.cache.loaded_model_ids())
@@ -162,10 +179,8 @@ class MicroBatcher:
         notes = tokens = 0
         while True:
             job = self._next_job(deadline=batch[0].queued_at + self._max_wait_s() if batch else None)
-            if job is None:
-                if batch or self._stopping:
-                    return batch or None
-                continue
+            if job is None:  # the batch is due, or (with none begun) a call is waiting or we stop
+                return batch or None
             self._prepare(job)
             batch.append(job)
             notes += len(job.texts)
@@ -176,7 +191,7 @@ class MicroBatcher:
     def _next_job(self, deadline: float | None) -> _Job | None:
         with self._condition:
             while not self._jobs:
-                if self._stopping:
+                if self._stopping or (self._calls and deadline is None):
                     return None
                 if deadline is None:
                     self._condition.wait(timeout=1.0)
@@ -195,6 +210,17 @@ class MicroBatcher:
 
     def _max_wait_s(self) -> float:
         return self.options.max_wait_ms / 1000.0 if self.options.enabled else 0.0
+
+    def _run_calls(self) -> None:
+        while True:
+            with self._condition:
+                if not self._calls:
+                    return
+                function, future = self._calls.popleft()
+            try:
+                future.set_result(function(self.cache))
+            except Exception as error:
+                future.set_exception(error)
 
     def _prepare(self, job: _Job) -> None:
         """Load the job's model and tokenise its notes (here, in the inference thread)."""

@@ -17,5 +17,10 @@ async def predict_notes(body: PredictRequest, runtime: RuntimeDep, principal: Br
         model_id=body.model_id, texts=body.texts, compare_with=body.compare_with, threshold=body.threshold
     )
     return await predict(
-        runtime.database, runtime.settings, runtime.predictor, spec, api_key_id=principal.key_id
+        runtime.database,
+        runtime.settings,
+        runtime.predictor,
+        spec,
+        api_key_id=principal.key_id,
+        explain=body.explain,
     )

@@ -29,6 +29,10 @@ class PredictRequest(BaseModel):
     threshold: float | None = Field(
         default=None, gt=0, lt=1, description="Overrides the model's own threshold."
     )
+    explain: bool = Field(
+        default=False,
+        description="Also return each sentence's share of the model's score (sentence-pooling models).",
+    )
 
 
 class Prediction(BaseModel):
@@ -37,9 +41,24 @@ class Prediction(BaseModel):
     threshold: float
 
 
+class SentenceShare(BaseModel):
+    start: int = Field(description="Offset of the sentence's first character in the note")
+    end: int = Field(description="Offset just past its last character")
+    contribution: float = Field(description="Its share of the logit difference (died minus survived)")
+
+
+class Explanation(BaseModel):
+    sentences: list[SentenceShare]
+    bias: float = Field(description="The classifier's own term; shares + bias = logit_difference")
+    logit_difference: float
+
+
 class NotePrediction(Prediction):
     compared: dict[str, Prediction] = Field(
         default_factory=dict, description=f"Keyed by '{BASE}' or model id"
+    )
+    explanation: Explanation | None = Field(
+        default=None, description="With explain: true; null when the model does not pool by sentence"
     )
 
 

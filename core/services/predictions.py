@@ -152,14 +152,28 @@ def record_audit(
 
 
 async def predict(
-    database: Database, settings: Settings, predictor: Any, spec: PredictSpec, *, api_key_id: str | None
+    database: Database,
+    settings: Settings,
+    predictor: Any,
+    spec: PredictSpec,
+    *,
+    api_key_id: str | None,
+    explain: bool = False,
 ) -> dict[str, Any]:
     """Plan in one short transaction, wait for the batcher with no database connection held (so a
-    flood of predictions cannot drain the pool), then write the audit rows in a second one."""
+    flood of predictions cannot drain the pool), then write the audit rows in a second one.
+
+    With `explain`, each prediction also carries its sentences' shares of the model's score (null
+    for a model that does not pool by sentence). The audit keeps the outputs without them."""
     plan = await to_thread.run_sync(_planned, database, settings, spec)
     scored = await _scored(predictor, plan)
     result = assemble(plan, scored)
     await to_thread.run_sync(_audited, database, settings, plan, result, api_key_id)
+    if explain:
+        for prediction, explanation in zip(
+            result["predictions"], await _explained(predictor, plan), strict=True
+        ):
+            prediction["explanation"] = explanation
     log.info("predicted %d note(s) with model %s", len(plan.texts), plan.model_id)
     return result
 
@@ -178,6 +192,24 @@ def _audited(
 ) -> None:
     with database.transaction() as session:
         record_audit(session, settings, plan, result, api_key_id)
+
+
+async def _explained(predictor: Any, plan: PredictionPlan) -> list[dict[str, Any] | None]:
+    """Each note's explanation by the primary model, computed in the inference thread."""
+    target = plan.targets[plan.model_id]
+
+    def explanation(text: str):
+        def run(cache: Any) -> dict[str, Any] | None:
+            from ml.explain import ExplanationUnavailable, explain_cached
+
+            try:
+                return explain_cached(cache, target.model_dir, text, base_model=target.base_model).to_dict()
+            except ExplanationUnavailable:
+                return None
+
+        return asyncio.wrap_future(predictor.call(run))
+
+    return list(await asyncio.gather(*(explanation(text) for text in plan.texts)))
 
 
 async def _scored(predictor: Any, plan: PredictionPlan) -> dict[str, Any]:

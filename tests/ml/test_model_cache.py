@@ -201,3 +201,20 @@ def test_a_missing_model_fails_only_its_own_caller(models, tmp_path):
         assert len(present.result(timeout=60).probabilities) == len(NOTES)
     finally:
         batcher.stop()
+
+
+def test_the_batcher_runs_calls_in_its_own_thread_between_batches(models):
+    import threading
+
+    from ml.serving import BatchingOptions, MicroBatcher
+
+    batcher = MicroBatcher(ModelCache(), BatchingOptions()).start()
+    try:
+        thread_name = batcher.call(lambda cache: threading.current_thread().name).result(timeout=30)
+        loaded = batcher.call(lambda cache: cache.route(models / "full").adapter).result(timeout=30)
+        failing = batcher.call(lambda cache: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            failing.result(timeout=30)
+    finally:
+        batcher.stop()
+    assert thread_name == "notetune-inference" and loaded is None

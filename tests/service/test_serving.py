@@ -120,3 +120,24 @@ def test_a_model_reads_as_loaded_once_it_has_served(client, keys, served):
     assert _predict(client, keys["predictor"], served["lora_b"], NOTES[1]).status_code == 200
     model = client.get(f"/models/{served['lora_b']}", headers=bearer(keys["predictor"])).json()
     assert model["loaded"] is True
+
+
+def test_explain_returns_sentence_shares_that_add_up_to_the_served_score(client, keys, served):
+    import math
+
+    text = NOTES[2]
+    body = {"model_id": served["lora_a"], "texts": [text], "explain": True, "compare_with": ["base"]}
+    response = client.post("/predict", json=body, headers=bearer(keys["predictor"]))
+    assert response.status_code == 200, response.text
+    prediction = response.json()["predictions"][0]
+    explanation = prediction["explanation"]
+    shares = explanation["sentences"]
+    assert len(shares) == 3  # "ER positive, HER2 negative; grade 2." splits at ';' and the line break
+    assert all(0 <= s["start"] < s["end"] <= len(text) for s in shares)
+    total = sum(s["contribution"] for s in shares) + explanation["bias"]
+    assert total == pytest.approx(explanation["logit_difference"], abs=1e-4)
+    assert 1 / (1 + math.exp(-explanation["logit_difference"])) == pytest.approx(
+        prediction["probability"], abs=1e-4
+    )
+    plain = client.post("/predict", json={**body, "explain": False}, headers=bearer(keys["predictor"])).json()
+    assert plain["predictions"][0].get("explanation") is None
