@@ -44,6 +44,9 @@ class Page(Generic[T]):
     count: int
 
 
+ACTIVE = (JobStatus.queued, JobStatus.running)
+
+
 def _page(session: Session, query: Any, offset: int, limit: int) -> Page[Any]:
     count = session.scalar(select(func.count()).select_from(query.order_by(None).subquery())) or 0
     items = session.scalars(query.offset(offset).limit(limit)).all()
@@ -86,6 +89,14 @@ class OwnedRepository:
     def get_for_update(self, row_id: str) -> Any:
         query = self._owned(select(self.row_type).where(self.row_type.id == row_id)).with_for_update()
         return self.session.scalar(query.execution_options(populate_existing=True))
+
+    def all_for_update(self, row_ids: Sequence[str]) -> list[Any]:
+        """The live rows among these ids, locked until the transaction ends, in id order (so two
+        deletions lock in one order and cannot deadlock)."""
+        if not row_ids:
+            return []
+        query = self._owned(select(self.row_type).where(self.row_type.id.in_(list(row_ids))))
+        return list(self.session.scalars(query.order_by(self.row_type.id).with_for_update()).all())
 
     def tombstone(self, row_id: str) -> Any:
         return self.session.scalar(
@@ -212,6 +223,25 @@ class DatasetRepository(OwnedRepository):
         )
         return list(self.session.scalars(query.order_by(Model.id)).all())
 
+    def usage(self, dataset_ids: Sequence[str]) -> dict[str, tuple[bool, datetime | None]]:
+        """For each dataset a job read: (whether a queued or running job reads it now, when the last
+        job that read it finished)."""
+        if not dataset_ids:
+            return {}
+        wanted = list(dataset_ids)
+        query = select(Job.train_dataset_id, Job.test_dataset_id, Job.status, Job.finished_at).where(
+            Job.organisation_id == self.organisation_id,
+            or_(Job.train_dataset_id.in_(wanted), Job.test_dataset_id.in_(wanted)),
+        )
+        usage: dict[str, tuple[bool, datetime | None]] = {}
+        for train_id, test_id, status, finished_at in self.session.execute(query).all():
+            for dataset_id in {train_id, test_id} & set(wanted):
+                active, last = usage.get(dataset_id, (False, None))
+                active = active or JobStatus(status) in ACTIVE
+                last = max(filter(None, (last, finished_at)), default=None)
+                usage[dataset_id] = (active, last)
+        return usage
+
     def set_deleted(self, dataset_ids: Sequence[str], now: datetime) -> list[str]:
         """Tombstones: the content goes (the file name may name a patient or a ward), the id stays."""
         return self._set_deleted(
@@ -235,9 +265,6 @@ class DatasetRepository(OwnedRepository):
             .values(file_deleted_at=now)
         )
         return result.rowcount == 1
-
-
-ACTIVE = (JobStatus.queued, JobStatus.running)
 
 
 class JobRepository(OwnedRepository):

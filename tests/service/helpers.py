@@ -185,6 +185,13 @@ class ApiProcess(WorkerProcess):
         return self
 
 
+def default_organisation_id(database) -> str:
+    from core.services.auth import default_organisation
+
+    with database.transaction() as session:
+        return default_organisation(session).id
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -117,12 +117,13 @@ def test_two_admins_revoking_each_other_at_once_leave_one_on_sqlite(sqlite_datab
 
     from core.db.models import ApiKey, Role
     from core.errors import Conflict
-    from core.services.auth import create_key, revoke_key
+    from core.services.auth import create_key, default_organisation, revoke_key
 
     db = sqlite_database
     with db.transaction() as session:
-        first, _ = create_key(session, Role.admin, "first")
-        second, _ = create_key(session, Role.admin, "second")
+        organisation = default_organisation(session)
+        first, _ = create_key(session, Role.admin, "first", organisation_id=organisation.id)
+        second, _ = create_key(session, Role.admin, "second", organisation_id=organisation.id)
     other = type(db)(db.url)
     fired: list[bool] = []
 
@@ -130,12 +131,12 @@ def test_two_admins_revoking_each_other_at_once_leave_one_on_sqlite(sqlite_datab
         if statement.lstrip().upper().startswith("UPDATE API_KEYS") and not fired:
             fired.append(True)
             with other.transaction() as session:
-                revoke_key(session, first.id)
+                revoke_key(session, first.id, organisation_id=organisation.id)
 
     event.listen(db.engine, "before_cursor_execute", revoke_first_meanwhile)
     try:
         with pytest.raises(Conflict) as refused, db.transaction() as session:
-            revoke_key(session, second.id)
+            revoke_key(session, second.id, organisation_id=organisation.id)
     finally:
         event.remove(db.engine, "before_cursor_execute", revoke_first_meanwhile)
         other.dispose()
