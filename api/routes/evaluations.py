@@ -7,6 +7,8 @@ from fastapi.responses import JSONResponse, Response
 
 from api.deps import SessionDep, SettingsDep, TrainerDep
 from api.schemas.common import responses
+from api.schemas.deletion import DeletionRead
+from core.services import deletion as deletion_service
 from core.services import evaluations as evaluations_service
 from ml.vocabulary import PLOT_KINDS
 
@@ -23,11 +25,13 @@ router = APIRouter(prefix="/evaluations", tags=["evaluations"])
 def read_evaluation(
     evaluation_id: str,
     session: SessionDep,
-    _: TrainerDep,
+    principal: TrainerDep,
     format: Annotated[Literal["json", "csv"], Query(description="json (default) or csv")] = "json",
 ) -> Response:
     """An evaluation report: metrics with 95% CIs per model, majority baseline and comparisons."""
-    evaluation = evaluations_service.get_evaluation(session, evaluation_id)
+    evaluation = evaluations_service.get_evaluation(
+        session, evaluation_id, organisation_id=principal.organisation_id
+    )
     if format == "csv":
         return Response(
             evaluations_service.evaluation_csv(evaluation),
@@ -54,12 +58,30 @@ def evaluation_plot(
     kind: Literal[PLOT_KINDS],  # type: ignore[valid-type]
     session: SessionDep,
     settings: SettingsDep,
-    _: TrainerDep,
+    principal: TrainerDep,
     width: Annotated[int | None, Query(description="Pixels (200-4000); default 900")] = None,
     height: Annotated[int | None, Query(description="Pixels (200-4000); default 700")] = None,
 ) -> Response:
     """ROC, precision-recall, confusion matrices or calibration of the evaluated models."""
     png = evaluations_service.plot_evaluation(
-        session, settings, evaluation_id, kind, width=width, height=height
+        session,
+        settings,
+        evaluation_id,
+        kind,
+        organisation_id=principal.organisation_id,
+        width=width,
+        height=height,
     )
     return Response(png, media_type="image/png")
+
+
+@router.delete("/{evaluation_id}", response_model=DeletionRead, responses=responses(404))
+def delete_evaluation(
+    evaluation_id: str, session: SessionDep, settings: SettingsDep, principal: TrainerDep
+) -> DeletionRead:
+    """Delete an evaluation: its report and the scores its plots are drawn from."""
+    deletion = deletion_service.delete_evaluation(
+        session, evaluation_id, organisation_id=principal.organisation_id
+    )
+    deletion_service.commit_and_remove_files(session, settings)
+    return DeletionRead.model_validate(deletion)

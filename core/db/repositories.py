@@ -211,6 +211,9 @@ class DatasetRepository(OwnedRepository):
     def by_sha256(self, sha256: str) -> Dataset | None:
         return self.session.scalar(self._owned(select(Dataset).where(Dataset.sha256 == sha256)))
 
+    def by_path(self, path: str) -> Dataset | None:
+        return self.session.scalar(self._owned(select(Dataset).where(Dataset.path == path)))
+
     def list(self, offset: int, limit: int) -> Page[Dataset]:
         query = self._owned(select(Dataset).order_by(Dataset.created_at.desc(), Dataset.id))
         return _page(self.session, query, offset, limit)

@@ -38,7 +38,8 @@ class Hospital:
 
 
 @pytest.fixture(scope="module")
-def hospital(client, database, worker) -> Hospital:
+def hospital(client, database, workers) -> Hospital:
+    workers.ensure_running()
     from core.db.models import Role
     from core.services.auth import create_key, create_organisation
 

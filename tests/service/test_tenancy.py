@@ -129,7 +129,8 @@ def train_and_evaluate(client, tenant: Tenant) -> None:
 
 
 @pytest.fixture(scope="module")
-def tenants(client, database, worker) -> tuple[Tenant, Tenant]:
+def tenants(client, database, workers) -> tuple[Tenant, Tenant]:
+    workers.ensure_running()
     suffix = uuid.uuid4().hex[:8]
     notes = notes_csv(40, seed=901)  # the same file in both: deduplication stays inside each
     a = new_tenant(client, database, f"Hospital A {suffix}", notes)
