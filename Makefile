@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-ml test-service test-ui bench lint migrate messages screenshots
+.PHONY: install run test test-ml test-service test-ui bench lint migrate messages screenshots fuzz
 
 install: $(STAMP)
 
@@ -51,6 +51,14 @@ screenshots: install
 messages: install
 	$(BIN)/pybabel extract -F babel.cfg -k N_ --no-location --omit-header --sort-output -o api/locale/messages.pot .
 	$(BIN)/pybabel update -i api/locale/messages.pot -d api/locale --no-location --no-wrap
+
+# The schemathesis run of the test suite, longer: more examples per operation, another seed.
+FUZZ_EXAMPLES ?= 200
+FUZZ_SEED ?= 1
+fuzz: install
+	bash scripts/ensure_services.sh
+	NOTETUNE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) NOTETUNE_FUZZ_SEED=$(FUZZ_SEED) \
+		$(BIN)/python -m pytest -q -p no:cacheprovider tests/service/test_schemathesis.py
 
 bench: install
 	$(BIN)/python bench/train_throughput.py

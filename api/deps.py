@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import inspect
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.errors import allowed_methods
+from api.limits import PRINCIPAL_SCOPE_KEY
 from api.metrics import ServiceMetrics
 from api.schemas.common import PageQuery
 from core.db.models import Role
 from core.db.session import Database
+from core.errors import NotFound
 from core.queue import JobQueue
 from core.services.auth import Principal, authenticate, authorize
 from core.settings import Settings
@@ -61,8 +67,13 @@ bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: B
 
 
 def _principal(
-    session: SessionDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+    request: Request,
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Principal:
+    checked = request.scope.get(PRINCIPAL_SCOPE_KEY)
+    if checked is not None:  # the body guard checked this key before the body was read
+        return checked
     return authenticate(session, credentials.credentials if credentials else None)
 
 
@@ -75,9 +86,14 @@ def require(role: Role):
 
 
 def _principal_in_own_transaction(
-    runtime: RuntimeDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+    request: Request,
+    runtime: RuntimeDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Principal:
     """For routes that wait a while (predict): the key check returns its connection at once."""
+    checked = request.scope.get(PRINCIPAL_SCOPE_KEY)
+    if checked is not None:
+        return checked
     with runtime.database.transaction() as session:
         return authenticate(session, credentials.credentials if credentials else None)
 
@@ -98,6 +114,9 @@ PredictorDep = Annotated[Principal, Depends(require(Role.predictor))]
 BriefPredictorDep = Annotated[Principal, Depends(require_briefly(Role.predictor))]
 
 
+# The databases' OFFSET is a signed 64-bit integer; no list comes near this many rows.
+MAX_OFFSET = 2**31 - 1
+
 # The page size limit is a setting, read per request; the schema documents its default.
 DOCUMENTED_PAGE_SIZE_LIMIT = Settings.model_fields["page_size_limit"].default
 
@@ -107,7 +126,9 @@ def pagination(default_limit: int):
 
     def page(
         settings: SettingsDep,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[
+            int, Query(ge=0, le=MAX_OFFSET, description=f"Items to skip, at most {MAX_OFFSET}.")
+        ] = 0,
         limit: Annotated[
             int,
             Query(
@@ -140,3 +161,42 @@ CascadeQuery = Annotated[
 
 PageDep = Annotated[PageQuery, Depends(pagination(default_limit=50))]
 EventPageDep = Annotated[PageQuery, Depends(pagination(default_limit=100))]
+
+
+# Every id this service issues: 32 lowercase hex characters (core.errors.safe_ref has the same rule).
+ID_PATTERN = "^[0-9a-f]{32}$"
+_ID = re.compile(ID_PATTERN)
+
+
+def path_id(resource: str, parameter: str):
+    """A path id of our shape, or 404 (the value is not echoed): free text never reaches the database."""
+
+    def dependency(request: Request, **path: str) -> str:
+        value = path[parameter]
+        if _ID.match(value) is None:
+            if request.method not in allowed_methods(request):
+                # /jobs/finetune has the shape of /jobs/{job_id}: GET there is a method the path lacks.
+                raise StarletteHTTPException(405)
+            raise NotFound.for_id(resource, value)
+        return value
+
+    # The path parameter's name differs per route, so the signature is built here, not written.
+    declared = Path(
+        description="A 32-character hex id; anything else is 404", json_schema_extra={"pattern": ID_PATTERN}
+    )
+    dependency.__signature__ = inspect.Signature(
+        [
+            inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request),
+            inspect.Parameter(parameter, inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[str, declared]),
+        ],
+        return_annotation=str,
+    )
+    dependency.__name__ = f"{parameter}_path"
+    return dependency
+
+
+DatasetId = Annotated[str, Depends(path_id("dataset", "dataset_id"))]
+JobId = Annotated[str, Depends(path_id("job", "job_id"))]
+ModelId = Annotated[str, Depends(path_id("model", "model_id"))]
+EvaluationId = Annotated[str, Depends(path_id("evaluation", "evaluation_id"))]
+KeyId = Annotated[str, Depends(path_id("api_key", "key_id"))]

@@ -8,6 +8,7 @@ and are logged as type and stack only, never with their message or the request b
 from __future__ import annotations
 
 import logging
+import re
 import traceback
 from http import HTTPStatus
 from typing import Any
@@ -18,6 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from core.services.models import public_base_model, without_server_paths
 from ml.errors import UserError
 
 log = logging.getLogger("notetune.api")
@@ -48,16 +50,50 @@ async def _user_error(_: Request, error: Exception) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"}
     elif error.status_code == 503:
         headers = {"Retry-After": str(getattr(error, "retry_after_s", 5))}
-    return error_response(error.status_code, error.code, error.message, error.details, headers)
+    # A base model's server path (the packaged MiniLM's, inside the virtual environment) stays here.
+    message, details = public_base_model(error.message), without_server_paths(error.details)
+    return error_response(error.status_code, error.code, message, details, headers)
 
 
-async def _http_error(_: Request, error: Exception) -> JSONResponse:
+async def _http_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, StarletteHTTPException)
     messages = {404: "no such endpoint or resource", 405: "this method is not allowed on this endpoint"}
     message = messages.get(error.status_code) or HTTPStatus(error.status_code).phrase
-    return error_response(
-        error.status_code, _status_code_name(error.status_code), message, headers=error.headers
+    headers = error.headers
+    if error.status_code == 400:
+        # Starlette's and FastAPI's answer to a body they cannot parse (not UTF-8 JSON, a broken
+        # multipart form): the same 422 as any other body that is not what the endpoint reads.
+        return error_response(422, "invalid_body", "the body cannot be parsed as JSON or a multipart form")
+    if error.status_code == 405:
+        documented = allowed_methods(request)
+        if documented:
+            headers = {**(headers or {}), "Allow": ", ".join(documented)}
+    return error_response(error.status_code, _status_code_name(error.status_code), message, headers=headers)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """The documented methods on this path (Starlette names only the first route's). A fixed path beats
+    a template, as in routing: /jobs/finetune allows POST, though /jobs/{job_id} has the same shape."""
+    segments = request.url.path.rstrip("/").split("/")
+    matches = [
+        (template.count("{"), operations)
+        for template, operations in request.app.openapi()["paths"].items()
+        if _same_shape(template.split("/"), segments)
+    ]
+    fewest = min((templated for templated, _ in matches), default=0)
+    return sorted({method.upper() for templated, ops in matches if templated == fewest for method in ops})
+
+
+def _same_shape(template: list[str], segments: list[str]) -> bool:
+    return len(template) == len(segments) and all(
+        re.fullmatch(_segment_pattern(part), segment)
+        for part, segment in zip(template, segments, strict=True)
     )
+
+
+def _segment_pattern(part: str) -> str:
+    pieces = re.split(r"(\{[^}]+\})", part)
+    return "".join("[^/]+" if piece.startswith("{") else re.escape(piece) for piece in pieces)
 
 
 # Where a request part sits; every other location element must be a declared name or an index.

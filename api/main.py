@@ -9,10 +9,10 @@ from fastapi import FastAPI
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.deps import ApiRuntime
-from api.errors import error_response, install_error_handlers
+from api.errors import install_error_handlers
+from api.limits import RequestBodyGuard
 from api.metrics import JobCollector, RequestTimer, ServiceMetrics, ServingCollector
 from api.routes import datasets, evaluations, jobs, keys, models, predict, system
 from api.routes import metrics as metrics_routes
@@ -64,7 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.add_middleware(RequestTimer, metrics=metrics)
-    app.add_middleware(BodySizeLimit, limit_bytes=settings.max_upload_bytes + 1024 * 1024)
+    app.add_middleware(RequestBodyGuard, settings=settings)
     for module in (datasets, jobs, models, predict, evaluations, keys, system, metrics_routes):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
@@ -121,24 +121,3 @@ def _version() -> str:
     from api.routes.system import package_version
 
     return package_version()
-
-
-class BodySizeLimit:
-    """Refuses a request whose declared body is over the limit before any of it is read (413)."""
-
-    def __init__(self, app: ASGIApp, limit_bytes: int) -> None:
-        self.app, self.limit_bytes = app, limit_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            declared = dict(scope.get("headers") or []).get(b"content-length")
-            if declared is not None and declared.isdigit() and int(declared) > self.limit_bytes:
-                response = error_response(
-                    413,
-                    "payload_too_large",
-                    f"the request body is larger than the limit of {self.limit_bytes} bytes",
-                    {"limit_bytes": self.limit_bytes},
-                )
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)

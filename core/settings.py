@@ -50,6 +50,18 @@ class Settings(BaseSettings):
     max_predict_texts: int = Field(default=64, ge=1)
     max_text_chars: int = Field(default=20_000, ge=1)
     page_size_limit: int = Field(default=200, ge=1)
+    # Request bodies are counted as they stream in (chunked ones too) and refused with 413 past the
+    # limit of their route; a body is read only once the key has been checked (api/limits.py).
+    max_json_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # Unset: derived from max_predict_texts and max_text_chars (Settings.predict_body_limit).
+    max_predict_body_bytes: int | None = Field(default=None, ge=1024)
+    # The shape of data, checked before the work: rows per uploaded file; sentences and tokens per note
+    # under sentence pooling (each sentence is a model input); rows x bootstrap resamples per evaluation.
+    # Characters per note, in uploads and /predict alike, are max_text_chars.
+    max_upload_rows: int = Field(default=100_000, ge=1)
+    max_note_sentences: int = Field(default=1_000, ge=1)
+    max_note_tokens: int = Field(default=16_384, ge=1)
+    max_evaluation_cells: int = Field(default=50_000_000, ge=1)
 
     # The web pages' sessions: a signed cookie. Without a secret each API process signs with a random
     # one, so sessions end on restart and are not shared between processes.
@@ -73,6 +85,14 @@ class Settings(BaseSettings):
         if self.stale_after_s <= self.heartbeat_interval_s * 2:
             raise ValueError("NOTETUNE_STALE_AFTER_S must be more than twice the heartbeat interval")
         return self
+
+    @property
+    def predict_body_limit(self) -> int:
+        """Bytes of a /predict body: room for the most notes at their longest, every character written
+        as a six-byte JSON escape (\\uXXXX), plus the other fields."""
+        if self.max_predict_body_bytes is not None:
+            return self.max_predict_body_bytes
+        return self.max_predict_texts * (6 * self.max_text_chars + 16) + 64 * 1024
 
     @property
     def embedded(self) -> bool:

@@ -26,6 +26,7 @@ from ml.vocabulary import (
     DEFAULT_POOLING,
     EARLY_STOPPING_METRICS,
     HEAD_INITS,
+    MAX_OPTION_TEXT,
     METHODS,
     POOLINGS,
     PRECISIONS,
@@ -321,7 +322,10 @@ _JSON_TYPES = {int: "integer", float: "number", bool: "boolean", str: "string"}
 def _property_schema(spec: dataclasses.Field) -> dict[str, Any]:
     kind = value_type(spec)
     if kind is list:
-        schema: dict[str, Any] = {"type": "array", "items": {"type": "string"}, "minItems": 1}
+        text = {"type": "string", "maxLength": MAX_OPTION_TEXT}
+        schema: dict[str, Any] = {"type": "array", "items": text, "minItems": 1}
+    elif kind is str:
+        schema = {"type": "string", "maxLength": MAX_OPTION_TEXT}
     else:
         schema = {"type": _JSON_TYPES[kind]}
     if "choices" in spec.metadata:

@@ -63,23 +63,80 @@ class DatasetSummary:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class NoteLimits:
+    """Caps on the shape of a file, checked before tokenising (None = no cap). Under sentence pooling
+    every sentence is a model input of its own, so sentences and tokens per note are capped too."""
+
+    max_rows: int | None = None
+    max_chars: int | None = None
+    max_sentences: int | None = None
+    max_tokens: int | None = None
+
+
 def inspect_csv(
     source: bytes | Path | str,
     *,
     max_length: int = DEFAULT_MAX_LENGTH,
     base_model: str | None = None,
     pooling: str = DEFAULT_POOLING,
+    limits: NoteLimits | None = None,
 ) -> tuple[LabeledNotes, DatasetSummary]:
     """Parse and validate a CSV, and summarise it (duplicates, notes that will be truncated)."""
+    limits = limits or NoteLimits()
     raw = source if isinstance(source, bytes) else Path(source).read_bytes()
-    notes = parse_labeled_csv(raw)
+    notes = parse_labeled_csv(raw, max_rows=limits.max_rows)
+    check_note_shapes(notes.texts, limits, pooling)
     from ml.modeling import load_tokenizer
 
     tokenizer = load_tokenizer(base_model)
-    return notes, summarize(notes, raw, tokenizer, max_length, pooling)
+    summary = summarize(notes, raw, tokenizer, max_length, pooling)
+    if limits.max_tokens is not None and pooling == "sentences":
+        _check_tokens_per_note(tokenizer, notes.texts, max_length, limits.max_tokens)
+    return notes, summary
 
 
-def parse_labeled_csv(raw: bytes) -> LabeledNotes:
+def check_note_shapes(texts: list[str], limits: NoteLimits, pooling: str = DEFAULT_POOLING) -> None:
+    """Characters per note, and sentences per note under sentence pooling: cheap, so checked first."""
+    if limits.max_chars is not None:
+        too_long = [row for row, text in enumerate(texts, start=1) if len(text) > limits.max_chars]
+        _raise_for_rows(
+            "text_too_long",
+            too_long,
+            "Text",
+            f"notes may have at most {limits.max_chars} characters",
+            {"limit": limits.max_chars},
+        )
+    if limits.max_sentences is not None and pooling == "sentences":
+        too_many = [
+            row
+            for row, count in enumerate(map(sentence_count, texts), start=1)
+            if count > limits.max_sentences
+        ]
+        _raise_for_rows(
+            "too_many_sentences",
+            too_many,
+            "Text",
+            f"notes may have at most {limits.max_sentences} sentences (each is scored on its own)",
+            {"limit": limits.max_sentences},
+        )
+
+
+def _check_tokens_per_note(tokenizer, texts: list[str], max_length: int, limit: int) -> None:
+    per_note = [
+        sum(min(length, max_length) for length in lengths) for lengths in _sentence_lengths(tokenizer, texts)
+    ]
+    too_many = [row for row, tokens in enumerate(per_note, start=1) if tokens > limit]
+    _raise_for_rows(
+        "too_many_tokens",
+        too_many,
+        "Text",
+        f"notes may have at most {limit} tokens in all their sentences",
+        {"limit": limit},
+    )
+
+
+def parse_labeled_csv(raw: bytes, max_rows: int | None = None) -> LabeledNotes:
     records = _records(_decode(raw))
     header = next(records, None)
     if header is None or not any(cell.strip() for cell in header):
@@ -87,8 +144,9 @@ def parse_labeled_csv(raw: bytes) -> LabeledNotes:
             "empty_file", "the file is empty: expected a header with columns Text,label"
         )
     text_col, label_col = _required_columns(header)
-    texts, labels, bad_labels, empty_texts, short_rows = [], [], [], [], []
+    texts, labels, bad_labels, empty_texts, short_rows, nul_texts = [], [], [], [], [], []
     for row_number, row in enumerate(records, start=1):
+        _check_row_count(row_number, max_rows)
         if len(row) <= max(text_col, label_col):
             short_rows.append(row_number)
             continue
@@ -97,11 +155,14 @@ def parse_labeled_csv(raw: bytes) -> LabeledNotes:
             bad_labels.append(row_number)
         if not text.strip():
             empty_texts.append(row_number)
+        if "\x00" in text:
+            nul_texts.append(row_number)
         texts.append(text)
         labels.append(1 if label in ("1", "1.0") else 0)
     _raise_for_rows("malformed_row", short_rows, None, "rows with fewer fields than the header")
     _raise_for_rows("bad_label", bad_labels, "label", "label must be 0 (survived) or 1 (died)")
     _raise_for_rows("empty_text", empty_texts, "Text", "note text is empty")
+    _raise_for_nul(nul_texts)
     if not texts:
         raise DataValidationError("no_rows", "the file has a header but no data rows")
     return LabeledNotes(texts, np.asarray(labels, dtype=np.int64))
@@ -117,16 +178,19 @@ def parse_text_csv(raw: bytes) -> list[str]:
     if "text" not in names:
         raise DataValidationError("missing_column", "missing column 'Text'", {"column": "Text"})
     text_col = names.index("text")
-    texts, short_rows, empty_texts = [], [], []
+    texts, short_rows, empty_texts, nul_texts = [], [], [], []
     for row_number, row in enumerate(records, start=1):
         if len(row) <= text_col:
             short_rows.append(row_number)
         elif not row[text_col].strip():
             empty_texts.append(row_number)
         else:
+            if "\x00" in row[text_col]:
+                nul_texts.append(row_number)
             texts.append(row[text_col])
     _raise_for_rows("malformed_row", short_rows, None, "rows with fewer fields than the header")
     _raise_for_rows("empty_text", empty_texts, "Text", "note text is empty")
+    _raise_for_nul(nul_texts)
     if not texts:
         raise DataValidationError("no_rows", "the file has a header but no data rows")
     return texts
@@ -189,9 +253,14 @@ def token_lengths(tokenizer, texts: list[str], pooling: str = DEFAULT_POOLING) -
     if pooling != "sentences":
         encoded = tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False)
         return [len(ids) for ids in encoded["input_ids"]]
+    return [max(lengths) for lengths in _sentence_lengths(tokenizer, texts)]
+
+
+def _sentence_lengths(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Tokens of each sentence of each note (special tokens included, nothing truncated)."""
     per_note, flat = _sentences_per_note(texts)
     lengths = iter(token_lengths(tokenizer, flat, "mean") if flat else [])
-    return [max(next(lengths) for _ in sentences) for sentences in per_note]
+    return [[next(lengths) for _ in sentences] for sentences in per_note]
 
 
 def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -227,8 +296,11 @@ def encode(tokenizer, texts: list[str], max_length: int, pooling: str = DEFAULT_
     return notes
 
 
-# A sentence ends at ., ;, ! or ? followed by white space, or at a line break.
-_SENTENCE_END = re.compile(r"(?<=[.;!?])\s+|\s*\n\s*")
+# A sentence ends at ., ;, ! or ? followed by white space, or at a run of white space holding a line
+# break. The runs are found with one greedy pattern and judged in Python: an alternation that retries
+# `\s*\n` at each position of a long run without a line break takes time quadratic in the run.
+_WHITESPACE_RUN = re.compile(r"\s+")
+_SENTENCE_PUNCTUATION = frozenset(".;!?")
 
 
 def _sentences_per_note(texts: list[str]) -> tuple[list[list[str]], list[str]]:
@@ -239,8 +311,23 @@ def _sentences_per_note(texts: list[str]) -> tuple[list[list[str]], list[str]]:
 
 def sentences_of(text: str) -> list[str]:
     """The note's sentences; a note without text still gives one (empty) sentence to score."""
-    sentences = [part.strip() for part in _SENTENCE_END.split(text) if part and part.strip()]
+    sentences = [part.strip() for part in _split_at_sentence_ends(text) if part and part.strip()]
     return sentences or [text.strip()]
+
+
+def _split_at_sentence_ends(text: str) -> Iterator[str]:
+    start = 0
+    for run in _WHITESPACE_RUN.finditer(text):
+        follows_punctuation = run.start() > 0 and text[run.start() - 1] in _SENTENCE_PUNCTUATION
+        if follows_punctuation or "\n" in run.group():
+            yield text[start : run.start()]
+            start = run.end()
+    yield text[start:]
+
+
+def sentence_count(text: str) -> int:
+    """How many sentences sentence pooling scores for this note (each is one model input)."""
+    return len(sentences_of(text))
 
 
 def pad_batch(sequences: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -336,7 +423,23 @@ def _required_columns(header: list[str]) -> tuple[int, int]:
     return positions[0], positions[1]
 
 
-def _raise_for_rows(code: str, rows: list[int], column: str | None, problem: str) -> None:
+def _check_row_count(row_number: int, max_rows: int | None) -> None:
+    if max_rows is not None and row_number > max_rows:
+        raise DataValidationError(
+            "too_many_rows",
+            f"the file has more than {max_rows} data rows, the most one file may hold",
+            {"limit": max_rows},
+        )
+
+
+def _raise_for_nul(rows: list[int]) -> None:
+    # PostgreSQL text cannot hold NUL, and no note needs it: refused rather than silently changed.
+    _raise_for_rows("nul_character", rows, "Text", "note text holds a NUL character (byte 0)")
+
+
+def _raise_for_rows(
+    code: str, rows: list[int], column: str | None, problem: str, extra: dict | None = None
+) -> None:
     if not rows:
         return
     shown = ", ".join(str(row) for row in rows[:ROWS_SHOWN])
@@ -345,5 +448,5 @@ def _raise_for_rows(code: str, rows: list[int], column: str | None, problem: str
     raise DataValidationError(
         code,
         f"{where}{problem} in row(s) {shown}{more} (data rows counted from 1 after the header)",
-        {"column": column, "rows": rows[:ROWS_SHOWN], "count": len(rows)},
+        {"column": column, "rows": rows[:ROWS_SHOWN], "count": len(rows), **(extra or {})},
     )

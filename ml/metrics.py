@@ -44,7 +44,8 @@ _UNDEFINED_REASONS = {
     "roc_auc": ONE_CLASS_REASON,
     "pr_auc": ONE_CLASS_REASON,
 }
-_SENSITIVITY_MODE = re.compile(r"^sensitivity>=([0-9]*\.?[0-9]+(?:e-?[0-9]+)?)$")
+# Each part matches in one way only, so a long run of digits cannot make the match backtrack.
+_SENSITIVITY_MODE = re.compile(r"^sensitivity>=((?:[0-9]+(?:\.[0-9]+)?|\.[0-9]+)(?:e-?[0-9]+)?)$")
 # Counts computed as k/n can land a hair below the target (0.7 vs 7/10 in binary); never pick a lower
 # threshold because of rounding.
 _SENSITIVITY_TOLERANCE = 1e-12

@@ -22,12 +22,12 @@ from ml.metrics import (
     binary_metrics,
 )
 from ml.stats import (
+    BootstrapResamples,
     ci_table,
     delong_test,
     difference_table,
     mcnemar_test,
     metric_samples,
-    stratified_bootstrap_indices,
 )
 from ml.vocabulary import MAX_MODELS
 
@@ -56,7 +56,7 @@ class _ScoredModel:
     samples: dict[str, dict[str, np.ndarray]]  # THRESHOLD_KINDS key -> metric -> per-resample values
 
 
-def _score_model(labels: np.ndarray, output: ModelOutput, indices: np.ndarray) -> _ScoredModel:
+def _score_model(labels: np.ndarray, output: ModelOutput, indices: BootstrapResamples) -> _ScoredModel:
     probs = as_probabilities(output.prob, labels.size)
     threshold = as_threshold(output.threshold)
     at_half, at_stored = metric_samples(labels, probs, [0.5, threshold], indices)
@@ -134,7 +134,7 @@ def evaluate_outputs(y_true, outputs: list[ModelOutput], n_resamples: int = 1000
     labels = as_labels(y_true)
     if not 1 <= len(outputs) <= MAX_MODELS:
         raise ValueError(f"evaluate between 1 and {MAX_MODELS} models, got {len(outputs)}")
-    indices = stratified_bootstrap_indices(labels, n_resamples, seed)
+    indices = BootstrapResamples(labels, n_resamples, seed)
     scored = [_score_model(labels, output, indices) for output in outputs]
     n_pos = int(labels.sum())
     return {
@@ -161,7 +161,7 @@ def forgetting_check(
 ) -> dict:
     """How much a second fine-tune lost on its parent's validation data (differences are second - parent)."""
     labels = as_labels(y_parent_val)
-    indices = stratified_bootstrap_indices(labels, n_resamples, seed)
+    indices = BootstrapResamples(labels, n_resamples, seed)
     parent = _score_model(labels, ModelOutput("parent", None, prob_parent, threshold_parent), indices)
     second = _score_model(labels, ModelOutput("second", None, prob_second, threshold_second), indices)
     return {

@@ -9,7 +9,8 @@ functions): 1,000 resamples of 2,000 notes take a fraction of a second.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.stats import binom, chi2, norm, rankdata
@@ -26,19 +27,43 @@ from ml.metrics import (
     to_json_number,
 )
 
-# Resamples processed per block: bounds memory (a block is a few (block, n) float arrays) without
-# losing the speed of vectorisation.
+# Resamples whose metrics are computed at once: bounds memory (a block is a dozen (block, n) float
+# arrays, so fewer resamples per block for many notes) without losing the speed of vectorisation.
 _BLOCK_ROWS = 200
+_BLOCK_CELLS = 1_000_000
 # Below this many discordant pairs McNemar's chi-square approximation is poor; use the exact binomial.
 MCNEMAR_EXACT_BELOW = 25
 
 
-def stratified_bootstrap_indices(y_true, n_resamples: int = 1000, seed: int = 0) -> np.ndarray:
-    """(n_resamples, n) indices; position i of every resample holds an index of the same class as i."""
-    labels = as_labels(y_true)
-    if n_resamples < 1:
-        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
-    rng = np.random.default_rng(seed)
+# Index cells (resamples x notes) drawn at once: 32 MB of int64, about 100 MB at the peak of a draw.
+# Larger evaluations draw their resamples in blocks of this many cells, so memory stays bounded
+# whatever rows x resamples is; up to this size the draws are those of one call, as they always were.
+BOOTSTRAP_BLOCK_CELLS = 4_000_000
+
+
+@dataclass(frozen=True)
+class BootstrapResamples:
+    """The stratified resamples of one seed, drawn block by block each time they are read: every
+    reader (each model of a report) sees the same resamples without all of them held in memory."""
+
+    labels: np.ndarray
+    n_resamples: int
+    seed: int = 0
+    block_cells: int = BOOTSTRAP_BLOCK_CELLS
+
+    def __post_init__(self) -> None:
+        if self.n_resamples < 1:
+            raise ValueError(f"n_resamples must be >= 1, got {self.n_resamples}")
+
+    def blocks(self) -> Iterator[tuple[int, np.ndarray]]:
+        """(first resample number, (rows, n) indices) per block."""
+        rng = np.random.default_rng(self.seed)
+        rows = max(1, self.block_cells // max(1, self.labels.size))
+        for start in range(0, self.n_resamples, rows):
+            yield start, _stratified_draws(rng, self.labels, min(rows, self.n_resamples - start))
+
+
+def _stratified_draws(rng: np.random.Generator, labels: np.ndarray, n_resamples: int) -> np.ndarray:
     indices = np.empty((n_resamples, labels.size), dtype=np.int64)
     for label in (0, 1):
         members = np.flatnonzero(labels == label)
@@ -48,24 +73,50 @@ def stratified_bootstrap_indices(y_true, n_resamples: int = 1000, seed: int = 0)
     return indices
 
 
+def stratified_bootstrap_indices(y_true, n_resamples: int = 1000, seed: int = 0) -> np.ndarray:
+    """(n_resamples, n) indices; position i of every resample holds an index of the same class as i."""
+    resamples = BootstrapResamples(as_labels(y_true), n_resamples, seed)
+    return np.concatenate([block for _, block in resamples.blocks()])
+
+
 def metric_samples(
-    labels: np.ndarray, probs: np.ndarray, thresholds: Sequence[float], indices: np.ndarray
+    labels: np.ndarray,
+    probs: np.ndarray,
+    thresholds: Sequence[float],
+    indices: np.ndarray | BootstrapResamples,
 ) -> list[dict[str, np.ndarray]]:
     """For each threshold: every METRIC_NAMES value in every resample (NaN where undefined).
 
-    `indices` must come from stratified_bootstrap_indices(labels, ...): the labels are not re-indexed.
+    `indices` must be stratified resamples of `labels` (stratified_bootstrap_indices or
+    BootstrapResamples): the labels are not re-indexed.
     """
-    n_resamples = indices.shape[0]
+    if isinstance(indices, BootstrapResamples):
+        n_resamples, blocks = indices.n_resamples, indices.blocks()
+    else:
+        n_resamples, blocks = indices.shape[0], iter([(0, indices)])
     samples = [{name: np.empty(n_resamples) for name in METRIC_NAMES} for _ in thresholds]
-    for start in range(0, n_resamples, _BLOCK_ROWS):
-        block = slice(start, start + _BLOCK_ROWS)
-        prob_matrix = probs[indices[block]]
-        ranking = ranking_metrics_batch(labels, prob_matrix)
-        for per_threshold, threshold in zip(samples, thresholds, strict=True):
-            values = {**threshold_metrics_batch(labels, prob_matrix, threshold), **ranking}
-            for name in METRIC_NAMES:
-                per_threshold[name][block] = values[name]
+    rows = max(1, min(_BLOCK_ROWS, _BLOCK_CELLS // max(1, labels.size)))
+    for first, drawn in blocks:
+        for offset in range(0, drawn.shape[0], rows):
+            _fill_block(samples, labels, probs, thresholds, drawn[offset : offset + rows], first + offset)
     return samples
+
+
+def _fill_block(
+    samples: list[dict[str, np.ndarray]],
+    labels: np.ndarray,
+    probs: np.ndarray,
+    thresholds: Sequence[float],
+    indices: np.ndarray,
+    first: int,
+) -> None:
+    block = slice(first, first + indices.shape[0])
+    prob_matrix = probs[indices]
+    ranking = ranking_metrics_batch(labels, prob_matrix)
+    for per_threshold, threshold in zip(samples, thresholds, strict=True):
+        values = {**threshold_metrics_batch(labels, prob_matrix, threshold), **ranking}
+        for name in METRIC_NAMES:
+            per_threshold[name][block] = values[name]
 
 
 def percentile_ci(samples: np.ndarray, alpha: float) -> list[float] | None:

@@ -19,5 +19,7 @@ PLOT_KINDS = ("roc", "pr", "confusion", "calibration")
 DEFAULT_MAX_LENGTH = 256
 # How many models one evaluation may compare side by side.
 MAX_MODELS = 8
+# Characters in one text-valued hyperparameter (a module name, a threshold mode): names are short.
+MAX_OPTION_TEXT = 100
 # The name that stands for the untrained base model wherever a request lists models.
 BASE = "base"

@@ -9,6 +9,10 @@ import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# The service fixtures (real PostgreSQL, Redis, Celery worker, the app) are registered once here, so the
+# API tests and the web page tests share one database, one worker and one app per test session.
+pytest_plugins = ["tests.service_fixtures"]
+
 
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> str:

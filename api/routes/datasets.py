@@ -5,9 +5,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Response, UploadFile, status
 
-from api.deps import CascadeQuery, PageDep, SessionDep, SettingsDep, TrainerDep
+from api.deps import CascadeQuery, DatasetId, PageDep, SessionDep, SettingsDep, TrainerDep
 from api.forms import read_upload
-from api.schemas.common import ListResponse, responses
+from api.schemas.common import ListResponse, Text, responses
 from api.schemas.datasets import DatasetRead
 from api.schemas.deletion import DeletionRead
 from core.db.models import Dataset
@@ -35,7 +35,7 @@ def upload_dataset(
     principal: TrainerDep,
     response: Response,
     file: Annotated[UploadFile, File(description="CSV with columns Text,label (0 survived, 1 died)")],
-    name: Annotated[str | None, Form(max_length=200)] = None,
+    name: Annotated[Text | None, Form(max_length=200)] = None,
 ) -> DatasetRead:
     """Upload a CSV of labelled notes; validated before anything is stored."""
     content = read_upload(file, settings.max_upload_bytes)
@@ -65,7 +65,7 @@ def list_datasets(
 
 @router.get("/{dataset_id}", response_model=DatasetRead, responses=responses(404))
 def read_dataset(
-    dataset_id: str, session: SessionDep, settings: SettingsDep, principal: TrainerDep
+    dataset_id: DatasetId, session: SessionDep, settings: SettingsDep, principal: TrainerDep
 ) -> DatasetRead:
     """One dataset's summary."""
     dataset = datasets_service.get_dataset(session, dataset_id, organisation_id=principal.organisation_id)
@@ -74,7 +74,7 @@ def read_dataset(
 
 @router.delete("/{dataset_id}", response_model=DeletionRead, responses=responses(404, 409))
 def delete_dataset(
-    dataset_id: str,
+    dataset_id: DatasetId,
     session: SessionDep,
     settings: SettingsDep,
     principal: TrainerDep,

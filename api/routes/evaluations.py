@@ -5,7 +5,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse, Response
 
-from api.deps import SessionDep, SettingsDep, TrainerDep
+from api.deps import EvaluationId, SessionDep, SettingsDep, TrainerDep
 from api.schemas.common import responses
 from api.schemas.deletion import DeletionRead
 from core.services import deletion as deletion_service
@@ -13,6 +13,8 @@ from core.services import evaluations as evaluations_service
 from ml.vocabulary import PLOT_KINDS
 
 router = APIRouter(prefix="/evaluations", tags=["evaluations"])
+# The service checks the size (code plot_size); the schema states the same bounds.
+PIXELS = {"minimum": 200, "maximum": 4000}
 
 
 @router.get(
@@ -23,7 +25,7 @@ router = APIRouter(prefix="/evaluations", tags=["evaluations"])
     },
 )
 def read_evaluation(
-    evaluation_id: str,
+    evaluation_id: EvaluationId,
     session: SessionDep,
     principal: TrainerDep,
     format: Annotated[Literal["json", "csv"], Query(description="json (default) or csv")] = "json",
@@ -54,13 +56,17 @@ def read_evaluation(
     responses={200: {"content": {"image/png": {}}, "description": "A PNG chart"}, **responses(404)},
 )
 def evaluation_plot(
-    evaluation_id: str,
+    evaluation_id: EvaluationId,
     kind: Literal[PLOT_KINDS],  # type: ignore[valid-type]
     session: SessionDep,
     settings: SettingsDep,
     principal: TrainerDep,
-    width: Annotated[int | None, Query(description="Pixels (200-4000); default 900")] = None,
-    height: Annotated[int | None, Query(description="Pixels (200-4000); default 700")] = None,
+    width: Annotated[
+        int | None, Query(description="Pixels (200-4000); default 900", json_schema_extra=PIXELS)
+    ] = None,
+    height: Annotated[
+        int | None, Query(description="Pixels (200-4000); default 700", json_schema_extra=PIXELS)
+    ] = None,
 ) -> Response:
     """ROC, precision-recall, confusion matrices or calibration of the evaluated models."""
     png = evaluations_service.plot_evaluation(
@@ -77,7 +83,7 @@ def evaluation_plot(
 
 @router.delete("/{evaluation_id}", response_model=DeletionRead, responses=responses(404))
 def delete_evaluation(
-    evaluation_id: str, session: SessionDep, settings: SettingsDep, principal: TrainerDep
+    evaluation_id: EvaluationId, session: SessionDep, settings: SettingsDep, principal: TrainerDep
 ) -> DeletionRead:
     """Delete an evaluation: its report and the scores its plots are drawn from."""
     deletion = deletion_service.delete_evaluation(

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import ApiRuntime, EventPageDep, PageDep, RuntimeDep, SessionDep, TrainerDep
+from api.deps import ApiRuntime, EventPageDep, JobId, PageDep, RuntimeDep, SessionDep, TrainerDep
 from api.forms import FormShape, InlineUpload, is_multipart, read_inline_upload
 from api.schemas.common import ListResponse, responses
 from api.schemas.jobs import (
@@ -27,7 +27,9 @@ from core.services import jobs as jobs_service
 from core.services.auth import Principal
 from core.services.evaluations import EvaluationSpec
 from core.services.jobs import FinetuneSpec
+from core.services.models import requested_base_model
 from core.services.submissions import JobSpec, Upload, submit_job
+from core.settings import Settings
 
 BodyT = TypeVar("BodyT", bound=BaseModel)
 # Stands in for the dataset id while a form is validated, before its CSV has been stored.
@@ -64,8 +66,11 @@ class JobRequest:
     spec: type[FinetuneSpec] | type[EvaluationSpec]  # has the schema's fields
     form: FormShape
 
-    def to_spec(self, body: BaseModel) -> JobSpec:
-        return self.spec(**body.model_dump(exclude_unset=True))
+    def to_spec(self, body: BaseModel, settings: Settings) -> JobSpec:
+        fields = body.model_dump(exclude_unset=True)
+        if fields.get("base_model") is not None:
+            fields["base_model"] = requested_base_model(settings, fields["base_model"])
+        return self.spec(**fields)
 
 
 FINETUNE_REQUEST = JobRequest(
@@ -137,7 +142,7 @@ async def _start_job(
             session,
             runtime.settings,
             runtime.queue,
-            job_request.to_spec(body),
+            job_request.to_spec(body, runtime.settings),
             organisation_id=principal.organisation_id,
             api_key_id=principal.key_id,
             idempotency_key=key,
@@ -192,14 +197,14 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobRead, responses=responses(404))
-def read_job(job_id: str, session: SessionDep, principal: TrainerDep) -> JobRead:
+def read_job(job_id: JobId, session: SessionDep, principal: TrainerDep) -> JobRead:
     """A job's status, progress, metrics and result."""
     return job_read(jobs_service.get_job(session, job_id, organisation_id=principal.organisation_id))
 
 
 @router.get("/{job_id}/events", response_model=ListResponse[JobEventRead], responses=responses(404))
 def list_job_events(
-    job_id: str, session: SessionDep, principal: TrainerDep, page: EventPageDep
+    job_id: JobId, session: SessionDep, principal: TrainerDep, page: EventPageDep
 ) -> ListResponse[JobEventRead]:
     """State changes and per-epoch metrics of a job, oldest first."""
     events = jobs_service.list_job_events(
@@ -209,7 +214,7 @@ def list_job_events(
 
 
 @router.post("/{job_id}/cancel", response_model=JobRead, responses=responses(404, 409))
-def cancel(job_id: str, session: SessionDep, principal: TrainerDep) -> JobRead:
+def cancel(job_id: JobId, session: SessionDep, principal: TrainerDep) -> JobRead:
     """Cancel a job: a queued one never starts, a running one stops at its next step."""
     job = jobs_service.cancel_job(session, job_id, organisation_id=principal.organisation_id)
     session.commit()

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response, status
 
-from api.deps import AdminDep, PageDep, SessionDep
+from api.deps import AdminDep, KeyId, PageDep, SessionDep
 from api.schemas.common import ListResponse, responses
 from api.schemas.keys import KeyCreate, KeyCreated, KeyRead
 from core.services import auth as auth_service
@@ -28,7 +28,7 @@ def list_keys(session: SessionDep, principal: AdminDep, page: PageDep) -> ListRe
 
 
 @router.delete("/{key_id}", status_code=status.HTTP_204_NO_CONTENT, responses=responses(404, 409))
-def revoke(key_id: str, session: SessionDep, principal: AdminDep) -> Response:
+def revoke(key_id: KeyId, session: SessionDep, principal: AdminDep) -> Response:
     """Revoke one of the organisation's API keys."""
     auth_service.revoke_key(session, key_id, organisation_id=principal.organisation_id)
     session.commit()

@@ -4,7 +4,16 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from api.deps import CascadeQuery, PageDep, PredictorDep, RuntimeDep, SessionDep, SettingsDep, TrainerDep
+from api.deps import (
+    CascadeQuery,
+    ModelId,
+    PageDep,
+    PredictorDep,
+    RuntimeDep,
+    SessionDep,
+    SettingsDep,
+    TrainerDep,
+)
 from api.schemas.common import ListResponse, responses
 from api.schemas.deletion import DeletionRead
 from api.schemas.models import ModelRead, ModelSummary
@@ -25,7 +34,9 @@ def list_models(session: SessionDep, principal: PredictorDep, page: PageDep) -> 
 
 
 @router.get("/{model_id}", response_model=ModelRead, responses=responses(404))
-def read_model(model_id: str, session: SessionDep, runtime: RuntimeDep, principal: PredictorDep) -> ModelRead:
+def read_model(
+    model_id: ModelId, session: SessionDep, runtime: RuntimeDep, principal: PredictorDep
+) -> ModelRead:
     """A model: method, stage, base model, hyperparameters, data, metrics, lineage, and whether it is
     loaded for serving."""
     model = models_service.get_model(session, model_id, organisation_id=principal.organisation_id)
@@ -41,7 +52,7 @@ def read_model(model_id: str, session: SessionDep, runtime: RuntimeDep, principa
 
 @router.delete("/{model_id}", response_model=DeletionRead, responses=responses(404, 409))
 def delete_model(
-    model_id: str,
+    model_id: ModelId,
     session: SessionDep,
     settings: SettingsDep,
     principal: TrainerDep,

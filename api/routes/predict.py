@@ -10,7 +10,9 @@ from core.services.predictions import PredictSpec, predict
 router = APIRouter(prefix="/predict", tags=["predict"])
 
 
-@router.post("", response_model=PredictResponse, responses=responses(404, 503))
+@router.post(
+    "", response_model=PredictResponse, response_model_exclude_none=True, responses=responses(404, 503)
+)
 async def predict_notes(body: PredictRequest, runtime: RuntimeDep, principal: BriefPredictorDep) -> dict:
     """Probability of death per note, side by side with the compared models."""
     spec = PredictSpec(

@@ -4,11 +4,46 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from core.services.models import public_base_model
 
 T = TypeVar("T")
+
+# No NUL character (PostgreSQL text cannot hold one) and no unpaired surrogate (not encodable).
+NO_NUL_PATTERN = "^[^\\x00]*$"
+
+
+def _storable(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text (no unpaired surrogates)") from None
+    return value
+
+
+# A request string that may reach the database: names, ids, base models.
+Text = Annotated[str, AfterValidator(_storable), Field(json_schema_extra={"pattern": NO_NUL_PATTERN})]
+
+
+# A base model as responses show it (the packaged one by name, never by its server path).
+PublicBaseModel = Annotated[str, AfterValidator(public_base_model)]
+
+
+def storable_json(value: Any) -> Any:
+    """Every string (keys too) of a JSON value passes _storable: hyperparameters and thresholds are
+    stored as JSON, which on PostgreSQL cannot hold \\u0000 either."""
+    if isinstance(value, str):
+        return _storable(value)
+    if isinstance(value, dict):
+        return {_storable(str(key)): storable_json(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [storable_json(item) for item in value]
+    return value
 
 
 @dataclass(frozen=True)

@@ -3,12 +3,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from api.schemas.common import ReadModel
+from api.schemas.common import PublicBaseModel, ReadModel, Text, storable_json
 from core.db.models import JobKind, JobStatus
 from ml.config import hyperparameters_json_schema
-from ml.vocabulary import BASE, MAX_MODELS, METHODS
+from ml.vocabulary import BASE, MAX_MODELS, MAX_OPTION_TEXT, METHODS
 
 
 class FinetuneCreate(BaseModel):
@@ -26,15 +26,15 @@ class FinetuneCreate(BaseModel):
         },
     )
 
-    train_dataset_id: str = Field(max_length=64)
+    train_dataset_id: Text = Field(max_length=64)
     method: Literal[METHODS] | None = Field(  # type: ignore[valid-type]
         default=None, description="Required for a first fine-tune; a second fine-tune inherits its parent's."
     )
-    parent_model_id: str | None = Field(default=None, max_length=64, description="Continue this model.")
-    base_model: str | None = Field(
+    parent_model_id: Text | None = Field(default=None, max_length=64, description="Continue this model.")
+    base_model: Text | None = Field(
         default=None,
         max_length=500,
-        description="One of the service's allowed base models (default: its own).",
+        description="One of the service's allowed base models, by name (default: its own).",
     )
     # The schema documents TrainConfig's fields; the values are checked by TrainConfig.for_stage, so the
     # API's errors for them are the CLI's and the worker's.
@@ -43,7 +43,19 @@ class FinetuneCreate(BaseModel):
         examples=[{"epochs": 3, "lr": 1e-5}],
         json_schema_extra=hyperparameters_json_schema(),
     )
-    name: str | None = Field(default=None, max_length=200)
+    name: Text | None = Field(default=None, max_length=200)
+
+    @field_validator("hyperparameters")
+    @classmethod
+    def _short_storable_values(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # Every option's text is a word or a short expression ("sensitivity>=0.9"): a long one is
+        # refused before any pattern reads it.
+        too_long = [
+            key for key, item in value.items() if isinstance(item, str) and len(item) > MAX_OPTION_TEXT
+        ]
+        if too_long:
+            raise ValueError(f"a hyperparameter's text may have at most {MAX_OPTION_TEXT} characters")
+        return storable_json(value)
 
 
 class EvaluateCreate(BaseModel):
@@ -63,13 +75,13 @@ class EvaluateCreate(BaseModel):
         },
     )
 
-    test_dataset_id: str = Field(max_length=64)
-    models: list[Annotated[str, Field(max_length=64)]] = Field(
+    test_dataset_id: Text = Field(max_length=64)
+    models: list[Annotated[Text, Field(max_length=64)]] = Field(
         min_length=1,
         max_length=MAX_MODELS,
         description=f"Models to compare, first = reference; '{BASE}' = the untrained base model.",
     )
-    thresholds: dict[str, Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
+    thresholds: dict[Text, Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
         default_factory=dict,
         description=(
             "Decision thresholds that replace a listed model's stored one in the at_threshold figures "
@@ -81,7 +93,7 @@ class EvaluateCreate(BaseModel):
         default=1000, ge=100, le=10000, description="Bootstrap resamples for the 95% CIs."
     )
     seed: int = Field(default=0, ge=0)
-    name: str | None = Field(default=None, max_length=200)
+    name: Text | None = Field(default=None, max_length=200)
 
 
 class JobProgress(BaseModel):
@@ -102,7 +114,7 @@ class JobRead(ReadModel):
     name: str | None
     method: str | None
     stage: int | None
-    base_model: str | None
+    base_model: PublicBaseModel | None
     train_dataset_id: str | None
     parent_model_id: str | None
     test_dataset_id: str | None
@@ -113,7 +125,7 @@ class JobRead(ReadModel):
     evaluation_id: str | None = Field(
         description="The evaluation report, once an evaluation job has succeeded."
     )
-    error: str | None
+    error: PublicBaseModel | None
     attempt: int
     cancel_requested: bool
     created_at: datetime

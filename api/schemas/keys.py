@@ -4,7 +4,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.schemas.common import ReadModel
+from api.schemas.common import ReadModel, Text
 from core.db.models import Role
 
 
@@ -14,7 +14,7 @@ class KeyCreate(BaseModel):
     )
 
     role: Role
-    name: str = Field(default="", max_length=200)
+    name: Text = Field(default="", max_length=200)
 
 
 class KeyRead(ReadModel):

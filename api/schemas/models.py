@@ -5,7 +5,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from api.schemas.common import ReadModel
+from api.schemas.common import PublicBaseModel, ReadModel
 
 
 class DatasetReference(BaseModel):
@@ -30,7 +30,7 @@ class ModelSummary(ReadModel):
     parent_id: str | None
     method: str
     stage: int
-    base_model: str
+    base_model: PublicBaseModel
     threshold: float
     created_at: datetime
 

@@ -2,7 +2,12 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from api.schemas.common import Text
+from core.settings import Settings
 from ml.vocabulary import BASE, MAX_MODELS
+
+DOCUMENTED_MAX_TEXTS = Settings.model_fields["max_predict_texts"].default
+DOCUMENTED_MAX_CHARS = Settings.model_fields["max_text_chars"].default
 
 
 class PredictRequest(BaseModel):
@@ -19,11 +24,18 @@ class PredictRequest(BaseModel):
         },
     )
 
-    model_id: str = Field(max_length=64)
+    model_id: Text = Field(max_length=64)
+    # The service checks these (codes no_texts, too_many_texts, text_too_long, empty_text); the schema
+    # states the same rules, with the limits' defaults (NOTETUNE_MAX_PREDICT_TEXTS, _MAX_TEXT_CHARS).
     texts: list[str] = Field(
-        description="Clinical notes; the limits on count and length are in the settings."
+        description="Clinical notes, each with some text; the limits on count and length are settings.",
+        json_schema_extra={
+            "minItems": 1,
+            "maxItems": DOCUMENTED_MAX_TEXTS,
+            "items": {"type": "string", "pattern": "\\S", "maxLength": DOCUMENTED_MAX_CHARS},
+        },
     )
-    compare_with: list[str] = Field(
+    compare_with: list[Text] = Field(
         default_factory=list, max_length=MAX_MODELS, description=f"'{BASE}' and/or model ids"
     )
     threshold: float | None = Field(
@@ -58,7 +70,7 @@ class NotePrediction(Prediction):
         default_factory=dict, description=f"Keyed by '{BASE}' or model id"
     )
     explanation: Explanation | None = Field(
-        default=None, description="With explain: true; null when the model does not pool by sentence"
+        default=None, description="Only with explain: true, and only for a model that pools by sentence"
     )
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import unicodedata
 import uuid
 from pathlib import Path, PurePath
+from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -14,12 +16,17 @@ from sqlalchemy.orm import Session
 from core.db.base import new_id, utcnow
 from core.db.models import Dataset
 from core.db.repositories import DatasetRepository, Page
-from core.errors import Conflict, NotFound, PayloadTooLarge
+from core.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
 from core.services.models import configured_base_model
 from core.settings import Settings
 from ml.vocabulary import DEFAULT_MAX_LENGTH
 
+if TYPE_CHECKING:
+    from ml.data import NoteLimits
+
 DATASETS_SUBDIR = "datasets"
+# Control characters and unpaired surrogates: dropped from a file name.
+_UNPRINTABLE = frozenset({"Cc", "Cs"})
 
 
 def register_dataset(
@@ -36,7 +43,10 @@ def register_dataset(
     if existing is not None:
         return existing, False
     _, summary = inspect_csv(
-        content, max_length=token_limit(settings), base_model=configured_base_model(settings)
+        content,
+        max_length=token_limit(settings),
+        base_model=configured_base_model(settings),
+        limits=note_limits(settings),
     )
     # A file per row, in a folder per organisation: no two rows (nor two organisations) share one, so
     # removing a deleted dataset's file can never take another's.
@@ -76,6 +86,34 @@ def check_upload_size(size: int, limit: int) -> None:
     if size > limit:
         raise PayloadTooLarge(
             f"the file is larger than the upload limit of {limit} bytes", details={"limit_bytes": limit}
+        )
+
+
+def note_limits(settings: Settings) -> NoteLimits:
+    """The caps on an uploaded file's shape (settings max_upload_rows, max_text_chars,
+    max_note_sentences, max_note_tokens)."""
+    from ml.data import NoteLimits
+
+    return NoteLimits(
+        max_rows=settings.max_upload_rows,
+        max_chars=settings.max_text_chars,
+        max_sentences=settings.max_note_sentences,
+        max_tokens=settings.max_note_tokens,
+    )
+
+
+def check_predict_sentences(settings: Settings, texts: list[str]) -> None:
+    """Sentences per note for /predict (NOTETUNE_MAX_NOTE_SENTENCES): under sentence pooling each one
+    is a model input, so a note of many tiny sentences would cost as much as a batch of notes."""
+    from ml.data import sentence_count
+
+    limit = settings.max_note_sentences
+    too_many = [index for index, text in enumerate(texts) if sentence_count(text) > limit]
+    if too_many:
+        raise InvalidRequest(
+            f"notes may have at most {limit} sentences (each is scored on its own)",
+            code="too_many_sentences",
+            details={"indices": too_many[:20], "limit": limit},
         )
 
 
@@ -121,8 +159,10 @@ def dataset_file(settings: Settings, dataset: Dataset) -> Path:
 
 
 def _display_name(filename: str | None, sha256: str) -> str:
-    # Browsers may send a full client path; keep only the last component.
-    name = PurePath((filename or "").replace("\\", "/")).name.strip()
+    # Browsers may send a full client path; keep only the last component. Control characters (NUL
+    # cannot be stored in PostgreSQL text) are dropped: the name is only a label.
+    printable = "".join(char for char in filename or "" if unicodedata.category(char) not in _UNPRINTABLE)
+    name = PurePath(printable.replace("\\", "/")).name.strip()
     return name[:200] or f"{sha256[:12]}.csv"
 
 

@@ -45,6 +45,7 @@ def create_evaluation_job(
         return existing, False
     dataset = dataset_for_job(session, spec.test_dataset_id, organisation_id=organisation_id)
     _check_model_list(spec)
+    _check_size(settings, dataset.rows, spec.n_resamples)
     entries, base_models = [], set()
     for name in spec.models:
         override = spec.thresholds.get(name)
@@ -95,6 +96,18 @@ def _check_model_list(spec: EvaluationSpec) -> None:
     out_of_range = [name for name, value in spec.thresholds.items() if not 0.0 <= value <= 1.0]
     if out_of_range:
         raise InvalidRequest("a threshold must be between 0 and 1", code="threshold_out_of_range")
+
+
+def _check_size(settings: Settings, rows: int, n_resamples: int) -> None:
+    """Rows x resamples bounds the bootstrap's time (its memory is bounded by drawing in blocks)."""
+    limit = settings.max_evaluation_cells
+    if rows * n_resamples > limit:
+        raise InvalidRequest(
+            f"an evaluation may compute at most {limit} resampled rows (rows x n_resamples, setting "
+            f"NOTETUNE_MAX_EVALUATION_CELLS); this one needs {rows * n_resamples}: use fewer resamples",
+            code="evaluation_too_large",
+            details={"limit": limit, "rows": rows, "n_resamples": n_resamples},
+        )
 
 
 def get_evaluation(session: Session, evaluation_id: str, *, organisation_id: str) -> Evaluation:

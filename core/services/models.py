@@ -3,6 +3,7 @@ base model."""
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,41 @@ from core.db.models import Model
 from core.db.repositories import DatasetRepository, ModelRepository, Page
 from core.errors import NotFound
 from core.settings import Settings
+
+# How the MiniLM packaged with the service is shown: its path is inside the virtual environment.
+PACKAGED_BASE_MODEL = "minilm-l6 (packaged)"
+
+
+@cache
+def _packaged_path() -> str:
+    from ml.config import default_base_model
+
+    return default_base_model()
+
+
+def public_base_model(name: str) -> str:
+    """A base model as responses show it: the packaged one by its public name (also inside a longer
+    text, such as an error), any other by the name it was configured with (a hub name)."""
+    return name.replace(_packaged_path(), PACKAGED_BASE_MODEL) if _packaged_path() in name else name
+
+
+def without_server_paths(value: Any) -> Any:
+    """public_base_model over every string of a JSON value (error details)."""
+    if isinstance(value, str):
+        return public_base_model(value)
+    if isinstance(value, dict):
+        return {key: without_server_paths(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [without_server_paths(item) for item in value]
+    return value
+
+
+def requested_base_model(settings: Settings, requested: str) -> str:
+    """A request's base_model: the public name of an allowed base model stands for that model."""
+    for name in allowed_base_models(settings):
+        if public_base_model(name) == requested:
+            return name
+    return requested
 
 
 def configured_base_model(settings: Settings) -> str:
@@ -60,7 +96,7 @@ def lineage(session: Session, model: Model) -> list[dict[str, Any]]:
         }
         for item in chain
     ]
-    entries.append({"kind": "base_model", "id": None, "name": chain[-1].base_model})
+    entries.append({"kind": "base_model", "id": None, "name": public_base_model(chain[-1].base_model)})
     return entries
 
 

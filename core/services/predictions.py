@@ -21,6 +21,7 @@ from core.db.repositories import PredictionAuditRepository
 from core.db.session import Database
 from core.errors import InvalidRequest, ModelUnavailable, PredictionsBusy
 from core.services.audit import note_digest
+from core.services.datasets import check_predict_sentences
 from core.services.models import get_model, model_directory
 from core.settings import Settings
 from ml.vocabulary import BASE
@@ -58,6 +59,7 @@ def check_limits(settings: Settings, spec: PredictSpec) -> None:
     empty = [index for index, text in enumerate(spec.texts) if not text.strip()]
     if empty:
         raise InvalidRequest("notes must not be empty", code="empty_text", details={"indices": empty[:20]})
+    check_predict_sentences(settings, spec.texts)
     unencodable = [index for index, text in enumerate(spec.texts) if not _utf8_encodable(text)]
     if unencodable:
         # A lone surrogate (JSON allows "\ud800") breaks the tokenizer and the audit hash.
@@ -167,8 +169,8 @@ async def predict(
     """Plan in one short transaction, wait for the batcher with no database connection held (so a
     flood of predictions cannot drain the pool), then write the audit rows in a second one.
 
-    With `explain`, each prediction also carries its sentences' shares of the model's score (null
-    for a model that does not pool by sentence). The audit keeps the outputs without them."""
+    With `explain`, each prediction also carries its sentences' shares of the model's score (None for
+    a model that does not pool by sentence). The audit keeps the outputs without them."""
     plan = await to_thread.run_sync(_planned, database, settings, spec)
     scored = await _scored(predictor, plan)
     result = assemble(plan, scored)

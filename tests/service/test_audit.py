@@ -14,8 +14,8 @@ from sqlalchemy.exc import DBAPIError
 
 from alembic import command
 from core.db.migrations import alembic_config
-from tests.service.conftest import _admin_connection
 from tests.service.test_migrations import empty_postgres  # noqa: F401 (a fixture)
+from tests.service_fixtures import _admin_connection
 
 NOTE = "58M, stage II, ECOG 1"
 

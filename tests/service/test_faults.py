@@ -16,7 +16,6 @@ import time
 import pytest
 import redis
 
-from tests.service.conftest import _admin_connection
 from tests.service.helpers import (
     CLEAN,
     SMALL_JOB,
@@ -29,6 +28,7 @@ from tests.service.helpers import (
     wait_for_job,
     wait_until,
 )
+from tests.service_fixtures import _admin_connection
 
 
 def start_job(client, key, dataset_id: str, method: str = "lora", **hyperparameters) -> dict:

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 from alembic import command
 from core.db.migrations import alembic_config
-from tests.service.conftest import POSTGRES_ADMIN_DSN, _admin_connection
+from tests.service_fixtures import POSTGRES_ADMIN_DSN, _admin_connection
 
 TABLES = {
     "api_keys",

@@ -140,4 +140,4 @@ def test_explain_returns_sentence_shares_that_add_up_to_the_served_score(client,
         prediction["probability"], abs=1e-4
     )
     plain = client.post("/predict", json={**body, "explain": False}, headers=bearer(keys["predictor"])).json()
-    assert plain["predictions"][0].get("explanation") is None
+    assert "explanation" not in plain["predictions"][0]
