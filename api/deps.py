@@ -153,6 +153,12 @@ def pagination(default_limit: int):
     return page
 
 
+# DELETE routes: also delete (or cancel) what depends on the object, instead of a 409 naming it.
+CascadeQuery = Annotated[
+    bool,
+    Query(description="Also delete the models fine-tuned from it and cancel the jobs that read it"),
+]
+
 PageDep = Annotated[PageQuery, Depends(pagination(default_limit=50))]
 EventPageDep = Annotated[PageQuery, Depends(pagination(default_limit=100))]
 

@@ -1,4 +1,4 @@
-"""Service commands for the `notetune` CLI: migrate, keys, serve, worker."""
+"""Service commands for the `notetune` CLI: migrate, orgs, keys, serve, worker."""
 
 from __future__ import annotations
 
@@ -21,13 +21,26 @@ def add_service_commands(subparsers: argparse._SubParsersAction) -> None:
     migrate = subparsers.add_parser("migrate", help="apply database migrations (Alembic upgrade head)")
     migrate.set_defaults(func=migrate_command)
 
+    orgs = subparsers.add_parser("orgs", help="manage organisations (tenants)")
+    org_commands = orgs.add_subparsers(dest="orgs_command", required=True)
+    create_org = org_commands.add_parser(
+        "create", help="create an organisation and print its first admin key (shown once)"
+    )
+    create_org.add_argument("name", help="a name unique on this deployment, e.g. the hospital's")
+    create_org.set_defaults(func=create_organisation_command)
+
     keys = subparsers.add_parser("keys", help="manage API keys")
     key_commands = keys.add_subparsers(dest="keys_command", required=True)
     create = key_commands.add_parser("create", help="create an API key and print it (shown once)")
-    from core.db.models import Role
+    from core.db.models import DEFAULT_ORGANISATION, Role
 
     create.add_argument("--role", choices=[role.value for role in Role], required=True)
     create.add_argument("--name", default="")
+    create.add_argument(
+        "--org",
+        default=DEFAULT_ORGANISATION,
+        help=f"the organisation's name (default: {DEFAULT_ORGANISATION!r}, the single-hospital one)",
+    )
     create.set_defaults(func=create_key_command)
 
     serve = subparsers.add_parser("serve", help="migrate, then run the API and a worker (Ctrl-C stops both)")
@@ -50,15 +63,33 @@ def migrate_command(_args: argparse.Namespace) -> int:
     return 0
 
 
-def create_key_command(args: argparse.Namespace) -> int:
-    from core.db.models import Role
-    from core.services.auth import create_key
+def create_organisation_command(args: argparse.Namespace) -> int:
+    from core.services.auth import create_organisation
     from core.settings import Settings
 
     with _transaction(Settings()) as session:
-        key, plaintext = create_key(session, Role(args.role), args.name)
+        organisation, plaintext = create_organisation(session, args.name)
+        organisation_id = organisation.id
+    print(f"created organisation {organisation_id}; its first admin key (store it now, not shown again):")
+    print(plaintext)
+    return 0
+
+
+def create_key_command(args: argparse.Namespace) -> int:
+    from core.db.models import DEFAULT_ORGANISATION, Role
+    from core.services.auth import create_key, default_organisation, organisation_by_name
+    from core.settings import Settings
+
+    with _transaction(Settings()) as session:
+        if args.org == DEFAULT_ORGANISATION:
+            organisation = default_organisation(session)
+        else:
+            organisation = organisation_by_name(session, args.org)
+        key, plaintext = create_key(session, Role(args.role), args.name, organisation_id=organisation.id)
         key_id = key.id
-    print(f"created {args.role} key {key_id}; store it now, it is not shown again:")
+    print(
+        f"created {args.role} key {key_id} in organisation {args.org!r}; store it now, it is not shown again:"
+    )
     print(plaintext)
     return 0
 

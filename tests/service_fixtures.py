@@ -20,7 +20,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from tests.service.helpers import WorkerProcess, wait_until
+from tests.service.helpers import WorkerProcess, default_organisation_id, wait_until
 
 POSTGRES_ADMIN_DSN = os.environ.get("NOTETUNE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("NOTETUNE_TEST_REDIS", "redis://127.0.0.1:6379")
@@ -189,13 +189,21 @@ def client(app) -> Iterator[TestClient]:
 
 
 @pytest.fixture(scope="session")
-def keys(database) -> dict[str, str]:
-    """A plaintext key per role."""
+def organisation_id(database) -> str:
+    """The default organisation (the migration creates it), which the `keys` belong to."""
+    return default_organisation_id(database)
+
+
+@pytest.fixture(scope="session")
+def keys(database, organisation_id) -> dict[str, str]:
+    """A plaintext key per role, all of the default organisation."""
     from core.db.models import Role
     from core.services.auth import create_key
 
     out = {}
     with database.transaction() as session:
         for role in Role:
-            _, out[role.value] = create_key(session, role, f"test {role.value}")
+            _, out[role.value] = create_key(
+                session, role, f"test {role.value}", organisation_id=organisation_id
+            )
     return out

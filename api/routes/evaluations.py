@@ -7,6 +7,8 @@ from fastapi.responses import JSONResponse, Response
 
 from api.deps import EvaluationId, SessionDep, SettingsDep, TrainerDep
 from api.schemas.common import responses
+from api.schemas.deletion import DeletionRead
+from core.services import deletion as deletion_service
 from core.services import evaluations as evaluations_service
 from ml.vocabulary import PLOT_KINDS
 
@@ -25,11 +27,13 @@ PIXELS = {"minimum": 200, "maximum": 4000}
 def read_evaluation(
     evaluation_id: EvaluationId,
     session: SessionDep,
-    _: TrainerDep,
+    principal: TrainerDep,
     format: Annotated[Literal["json", "csv"], Query(description="json (default) or csv")] = "json",
 ) -> Response:
     """An evaluation report: metrics with 95% CIs per model, majority baseline and comparisons."""
-    evaluation = evaluations_service.get_evaluation(session, evaluation_id)
+    evaluation = evaluations_service.get_evaluation(
+        session, evaluation_id, organisation_id=principal.organisation_id
+    )
     if format == "csv":
         return Response(
             evaluations_service.evaluation_csv(evaluation),
@@ -56,7 +60,7 @@ def evaluation_plot(
     kind: Literal[PLOT_KINDS],  # type: ignore[valid-type]
     session: SessionDep,
     settings: SettingsDep,
-    _: TrainerDep,
+    principal: TrainerDep,
     width: Annotated[
         int | None, Query(description="Pixels (200-4000); default 900", json_schema_extra=PIXELS)
     ] = None,
@@ -66,6 +70,24 @@ def evaluation_plot(
 ) -> Response:
     """ROC, precision-recall, confusion matrices or calibration of the evaluated models."""
     png = evaluations_service.plot_evaluation(
-        session, settings, evaluation_id, kind, width=width, height=height
+        session,
+        settings,
+        evaluation_id,
+        kind,
+        organisation_id=principal.organisation_id,
+        width=width,
+        height=height,
     )
     return Response(png, media_type="image/png")
+
+
+@router.delete("/{evaluation_id}", response_model=DeletionRead, responses=responses(404))
+def delete_evaluation(
+    evaluation_id: EvaluationId, session: SessionDep, settings: SettingsDep, principal: TrainerDep
+) -> DeletionRead:
+    """Delete an evaluation: its report and the scores its plots are drawn from."""
+    deletion = deletion_service.delete_evaluation(
+        session, evaluation_id, organisation_id=principal.organisation_id
+    )
+    deletion_service.commit_and_remove_files(session, settings)
+    return DeletionRead.model_validate(deletion)

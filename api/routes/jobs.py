@@ -143,6 +143,7 @@ async def _start_job(
             runtime.settings,
             runtime.queue,
             job_request.to_spec(body, runtime.settings),
+            organisation_id=principal.organisation_id,
             api_key_id=principal.key_id,
             idempotency_key=key,
             upload=upload,
@@ -178,36 +179,43 @@ def _validated(schema: type[BodyT], payload: Any) -> BodyT:
 @router.get("", response_model=ListResponse[JobRead], responses=responses())
 def list_jobs(
     session: SessionDep,
-    _: TrainerDep,
+    principal: TrainerDep,
     page: PageDep,
     status_filter: Annotated[JobStatus | None, Query(alias="status")] = None,
     kind: Annotated[JobKind | None, Query()] = None,
 ) -> ListResponse[JobRead]:
     """List jobs, newest first, optionally filtered by status and kind."""
     jobs = jobs_service.list_jobs(
-        session, status=status_filter, kind=kind, offset=page.offset, limit=page.limit
+        session,
+        organisation_id=principal.organisation_id,
+        status=status_filter,
+        kind=kind,
+        offset=page.offset,
+        limit=page.limit,
     )
     return ListResponse.of([job_read(job) for job in jobs.items], jobs.count, page)
 
 
 @router.get("/{job_id}", response_model=JobRead, responses=responses(404))
-def read_job(job_id: JobId, session: SessionDep, _: TrainerDep) -> JobRead:
+def read_job(job_id: JobId, session: SessionDep, principal: TrainerDep) -> JobRead:
     """A job's status, progress, metrics and result."""
-    return job_read(jobs_service.get_job(session, job_id))
+    return job_read(jobs_service.get_job(session, job_id, organisation_id=principal.organisation_id))
 
 
 @router.get("/{job_id}/events", response_model=ListResponse[JobEventRead], responses=responses(404))
 def list_job_events(
-    job_id: JobId, session: SessionDep, _: TrainerDep, page: EventPageDep
+    job_id: JobId, session: SessionDep, principal: TrainerDep, page: EventPageDep
 ) -> ListResponse[JobEventRead]:
     """State changes and per-epoch metrics of a job, oldest first."""
-    events = jobs_service.list_job_events(session, job_id, page.offset, page.limit)
+    events = jobs_service.list_job_events(
+        session, job_id, page.offset, page.limit, organisation_id=principal.organisation_id
+    )
     return ListResponse.of([JobEventRead.model_validate(event) for event in events.items], events.count, page)
 
 
 @router.post("/{job_id}/cancel", response_model=JobRead, responses=responses(404, 409))
-def cancel(job_id: JobId, session: SessionDep, _: TrainerDep) -> JobRead:
+def cancel(job_id: JobId, session: SessionDep, principal: TrainerDep) -> JobRead:
     """Cancel a job: a queued one never starts, a running one stops at its next step."""
-    job = jobs_service.cancel_job(session, job_id)
+    job = jobs_service.cancel_job(session, job_id, organisation_id=principal.organisation_id)
     session.commit()
     return job_read(job)

@@ -16,7 +16,11 @@ router = APIRouter(prefix="/predict", tags=["predict"])
 async def predict_notes(body: PredictRequest, runtime: RuntimeDep, principal: BriefPredictorDep) -> dict:
     """Probability of death per note, side by side with the compared models."""
     spec = PredictSpec(
-        model_id=body.model_id, texts=body.texts, compare_with=body.compare_with, threshold=body.threshold
+        model_id=body.model_id,
+        texts=body.texts,
+        compare_with=body.compare_with,
+        threshold=body.threshold,
+        organisation_id=principal.organisation_id,
     )
     return await predict(
         runtime.database,

@@ -23,3 +23,13 @@ class DatasetRead(ReadModel):
         )
     )
     created_at: datetime
+    file_deleted_at: datetime | None = Field(
+        default=None, description="When the notes file was removed (retention); the summary stays"
+    )
+    retained_until: datetime | None = Field(
+        default=None,
+        description=(
+            "When the notes file is due to be removed (NOTETUNE_DATASET_RETENTION_DAYS after the last job "
+            "that read it); null when retention is off, the file is gone, or a job reads it now"
+        ),
+    )

@@ -8,12 +8,19 @@ from pydantic import BaseModel, Field
 from api.schemas.common import PublicBaseModel, ReadModel
 
 
+class DatasetReference(BaseModel):
+    id: str
+    deleted_at: datetime | None = Field(default=None, description="Set when the dataset was deleted")
+
+
 class LineageEntry(BaseModel):
     kind: Literal["model", "base_model"]
     id: str | None
     method: str | None = None
     stage: int | None = None
     name: str | None = None
+    deleted_at: datetime | None = Field(default=None, description="Set for a deleted ancestor (a tombstone)")
+    train_dataset: DatasetReference | None = None
 
 
 class ModelSummary(ReadModel):

@@ -55,9 +55,27 @@ def _enum(enum_class: type[enum.Enum], name: str) -> Enum:
     )
 
 
+class Organisation(IdMixin, CreatedAtMixin, Base):
+    """A tenant (a hospital, or a department that must not see another's patients): every key and
+    every object belongs to one, and a key only ever sees its own organisation's objects."""
+
+    __tablename__ = "organisations"
+
+    name: Mapped[str] = mapped_column(String(200), nullable=False, unique=True)
+
+
+# The organisation the migration to organisations moved every existing row into.
+DEFAULT_ORGANISATION = "default"
+
+
+def _owner() -> Mapped[str]:
+    return mapped_column(String(32), ForeignKey("organisations.id"), nullable=False, index=True)
+
+
 class ApiKey(IdMixin, CreatedAtMixin, Base):
     __tablename__ = "api_keys"
 
+    organisation_id: Mapped[str] = _owner()
     name: Mapped[str] = mapped_column(String(200), nullable=False, default="")
     role: Mapped[Role] = mapped_column(_enum(Role, "role"), nullable=False)
     key_hash: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
@@ -66,10 +84,19 @@ class ApiKey(IdMixin, CreatedAtMixin, Base):
 
 
 class Dataset(IdMixin, CreatedAtMixin, Base):
-    __tablename__ = "datasets"
+    """A deleted dataset stays as a tombstone (`deleted_at`, its content columns cleared) so the jobs,
+    models and evaluations that name it keep a valid reference; its file goes (pending_file_deletions).
+    Retention removes only the file (`file_deleted_at`): the row and its summary stay."""
 
+    __tablename__ = "datasets"
+    __table_args__ = (
+        UniqueConstraint("organisation_id", "sha256", name="uq_datasets_organisation_id_sha256"),
+    )
+
+    organisation_id: Mapped[str] = _owner()
     name: Mapped[str] = mapped_column(String(200), nullable=False)
-    sha256: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    # Unique within an organisation only; None on a tombstone, so the same bytes can be uploaded again.
+    sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     # Relative to the data directory: the API and the workers may mount it at different places.
     path: Mapped[str] = mapped_column(String(500), nullable=False)
     size_bytes: Mapped[int] = mapped_column(Integer, nullable=False)
@@ -78,6 +105,9 @@ class Dataset(IdMixin, CreatedAtMixin, Base):
     duplicates: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     truncated_at_max_length: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     summary: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False)
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # When the notes file was removed (a deletion, or the retention period); the row says why.
+    file_deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class Job(IdMixin, CreatedAtMixin, Base):
@@ -87,6 +117,7 @@ class Job(IdMixin, CreatedAtMixin, Base):
         Index("ix_jobs_status_kind", "status", "kind"),
     )
 
+    organisation_id: Mapped[str] = _owner()
     kind: Mapped[JobKind] = mapped_column(_enum(JobKind, "job_kind"), nullable=False)
     status: Mapped[JobStatus] = mapped_column(
         _enum(JobStatus, "job_status"), nullable=False, default=JobStatus.queued
@@ -139,8 +170,12 @@ class JobEvent(Base):
 
 
 class Model(IdMixin, CreatedAtMixin, Base):
+    """A deleted model stays as a tombstone (`deleted_at`; method, stage and lineage kept, the rest
+    cleared) so the lineage of what remains never names a missing row; its files go."""
+
     __tablename__ = "models"
 
+    organisation_id: Mapped[str] = _owner()
     name: Mapped[str | None] = mapped_column(String(200), nullable=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), nullable=False, unique=True)
     parent_id: Mapped[str | None] = mapped_column(ForeignKey("models.id"), nullable=True, index=True)
@@ -156,16 +191,19 @@ class Model(IdMixin, CreatedAtMixin, Base):
     threshold: Mapped[float] = mapped_column(Float, nullable=False)
     temperature: Mapped[float | None] = mapped_column(Float, nullable=True)
     manifest: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False)
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class Evaluation(IdMixin, CreatedAtMixin, Base):
     __tablename__ = "evaluations"
 
+    organisation_id: Mapped[str] = _owner()
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), nullable=False, unique=True)
     test_dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"), nullable=False)
     report: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False)
     # Relative to the data directory: y_true and each model's probabilities (numpy .npz) for plots.
     arrays_path: Mapped[str] = mapped_column(String(500), nullable=False)
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class PredictionAudit(Base):
@@ -177,10 +215,30 @@ class PredictionAudit(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, nullable=False, index=True)
+    # No foreign key: nothing may ever cascade into this table (organisations are never deleted).
+    organisation_id: Mapped[str] = mapped_column(String(32), nullable=False, index=True)
     api_key_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id"), nullable=True)
     model_id: Mapped[str] = mapped_column(String(32), nullable=False, index=True)
     note_sha256: Mapped[str] = mapped_column(String(64), nullable=False)
     output: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False)
+
+
+class FileKind(enum.StrEnum):
+    data = "data"  # relative to the data directory (Settings.stored_file)
+    model = "model"  # relative to the model store root (Settings.stored_model)
+
+
+class PendingFileDeletion(Base):
+    """A journal of files whose rows are already gone (tombstoned) in a committed transaction: written
+    in that transaction, removed once the file is. A crash in between leaves the entry, and the
+    sweeper finishes it, so no file is left that nothing accounts for."""
+
+    __tablename__ = "pending_file_deletions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[FileKind] = mapped_column(_enum(FileKind, "file_kind"), nullable=False)
+    path: Mapped[str] = mapped_column(String(500), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, nullable=False)
 
 
 class WorkerHeartbeat(Base):

@@ -1,4 +1,5 @@
-"""Dataset uploads: validated before anything is stored, kept once per content hash."""
+"""Dataset uploads: validated before anything is stored, kept once per content hash in each
+organisation (another organisation's copy of the same file is a dataset of its own)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ from typing import TYPE_CHECKING
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from core.db.base import utcnow
+from core.db.base import new_id, utcnow
 from core.db.models import Dataset
 from core.db.repositories import DatasetRepository, Page
-from core.errors import InvalidRequest, NotFound, PayloadTooLarge
+from core.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
 from core.services.models import configured_base_model
 from core.settings import Settings
 from ml.vocabulary import DEFAULT_MAX_LENGTH
@@ -29,13 +30,14 @@ _UNPRINTABLE = frozenset({"Cc", "Cs"})
 
 
 def register_dataset(
-    session: Session, settings: Settings, content: bytes, filename: str | None
+    session: Session, settings: Settings, content: bytes, filename: str | None, *, organisation_id: str
 ) -> tuple[Dataset, bool]:
-    """Returns (dataset, created). The same bytes uploaded twice give the same dataset row."""
+    """Returns (dataset, created). The same bytes uploaded twice to one organisation give the same
+    dataset row."""
     from ml.data import inspect_csv
 
     check_upload_size(len(content), settings.max_upload_bytes)
-    repository = DatasetRepository(session)
+    repository = DatasetRepository(session, organisation_id)
     sha256 = hashlib.sha256(content).hexdigest()
     existing = repository.by_sha256(sha256)
     if existing is not None:
@@ -46,8 +48,12 @@ def register_dataset(
         base_model=configured_base_model(settings),
         limits=note_limits(settings),
     )
-    relative = f"{DATASETS_SUBDIR}/{sha256}.csv"
+    # A file per row, in a folder per organisation: no two rows (nor two organisations) share one, so
+    # removing a deleted dataset's file can never take another's.
+    dataset_id = new_id()
+    relative = f"{DATASETS_SUBDIR}/{organisation_id}/{dataset_id}.csv"
     dataset = Dataset(
+        id=dataset_id,
         name=_display_name(filename, sha256),
         sha256=sha256,
         path=relative,
@@ -118,19 +124,34 @@ def token_limit(settings: Settings) -> int:
 
 def forget_dataset_file(session: Session, settings: Settings, dataset: Dataset) -> None:
     """Remove the CSV of a dataset row that was rolled back, unless a committed row points at it."""
-    if DatasetRepository(session).by_sha256(dataset.sha256) is None:
+    if DatasetRepository(session, dataset.organisation_id).by_path(dataset.path) is None:
         dataset_file(settings, dataset).unlink(missing_ok=True)
 
 
-def get_dataset(session: Session, dataset_id: str) -> Dataset:
-    dataset = DatasetRepository(session).get(dataset_id)
+def get_dataset(session: Session, dataset_id: str, *, organisation_id: str) -> Dataset:
+    dataset = DatasetRepository(session, organisation_id).get(dataset_id)
     if dataset is None:
         raise NotFound.for_id("dataset", dataset_id)
     return dataset
 
 
-def list_datasets(session: Session, offset: int, limit: int) -> Page[Dataset]:
-    return DatasetRepository(session).list(offset, limit)
+def dataset_for_job(session: Session, dataset_id: str, *, organisation_id: str) -> Dataset:
+    """A dataset a new job will read: the organisation's, with its notes file still there. Its row
+    stays locked against a deletion until the job is committed."""
+    dataset = DatasetRepository(session, organisation_id).get(dataset_id, lock=True)
+    if dataset is None:
+        raise NotFound.for_id("dataset", dataset_id)
+    if dataset.file_deleted_at is not None:
+        raise Conflict(
+            "this dataset's notes file was deleted (retention period); upload the file again to use it",
+            code="dataset_file_deleted",
+            details={"file_deleted_at": dataset.file_deleted_at.isoformat()},
+        )
+    return dataset
+
+
+def list_datasets(session: Session, offset: int, limit: int, *, organisation_id: str) -> Page[Dataset]:
+    return DatasetRepository(session, organisation_id).list(offset, limit)
 
 
 def dataset_file(settings: Settings, dataset: Dataset) -> Path:

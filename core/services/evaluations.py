@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from core.db.models import Evaluation, Job, JobKind
 from core.db.repositories import EvaluationRepository
 from core.errors import InvalidRequest, NotFound, safe_ref
-from core.services.datasets import get_dataset
+from core.services.datasets import dataset_for_job
 from core.services.jobs import add_queued_job, finished_model, idempotent_replay, request_fingerprint
 from core.services.models import configured_base_model
 from core.settings import Settings
@@ -34,14 +34,16 @@ def create_evaluation_job(
     settings: Settings,
     spec: EvaluationSpec,
     *,
+    organisation_id: str,
     api_key_id: str | None,
     idempotency_key: str | None = None,
 ) -> tuple[Job, bool]:
+    """The organisation's evaluation job: its test set and every model it compares are its own."""
     fingerprint = request_fingerprint(JobKind.evaluate, asdict(spec))
-    existing = idempotent_replay(session, api_key_id, idempotency_key, fingerprint)
+    existing = idempotent_replay(session, organisation_id, api_key_id, idempotency_key, fingerprint)
     if existing is not None:
         return existing, False
-    dataset = get_dataset(session, spec.test_dataset_id)
+    dataset = dataset_for_job(session, spec.test_dataset_id, organisation_id=organisation_id)
     _check_model_list(spec)
     _check_size(settings, dataset.rows, spec.n_resamples)
     entries, base_models = [], set()
@@ -51,7 +53,7 @@ def create_evaluation_job(
             entries.append({"name": BASE, "model_id": None, "threshold_override": override})
             continue
         model = finished_model(
-            session, name, role="an evaluated model", use="evaluated", code="model_not_ready"
+            session, name, organisation_id, role="an evaluated model", use="evaluated", code="model_not_ready"
         )
         base_models.add(model.base_model)
         entries.append({"name": model.id, "model_id": model.id, "threshold_override": override})
@@ -62,6 +64,7 @@ def create_evaluation_job(
         )
     job = add_queued_job(
         session,
+        organisation_id,
         Job(
             kind=JobKind.evaluate,
             name=spec.name,
@@ -107,8 +110,8 @@ def _check_size(settings: Settings, rows: int, n_resamples: int) -> None:
         )
 
 
-def get_evaluation(session: Session, evaluation_id: str) -> Evaluation:
-    evaluation = EvaluationRepository(session).get(evaluation_id)
+def get_evaluation(session: Session, evaluation_id: str, *, organisation_id: str) -> Evaluation:
+    evaluation = EvaluationRepository(session, organisation_id).get(evaluation_id)
     if evaluation is None:
         raise NotFound.for_id("evaluation", evaluation_id)
     return evaluation
@@ -126,6 +129,7 @@ def plot_evaluation(
     evaluation_id: str,
     kind: str,
     *,
+    organisation_id: str,
     width: int | None = None,
     height: int | None = None,
 ) -> bytes:
@@ -139,7 +143,7 @@ def plot_evaluation(
     low, high = PIXEL_RANGE
     if not all(low <= value <= high for value in size.values()):
         raise InvalidRequest(f"width and height must be between {low} and {high} pixels", code="plot_size")
-    evaluation = get_evaluation(session, evaluation_id)
+    evaluation = get_evaluation(session, evaluation_id, organisation_id=organisation_id)
     path = settings.stored_file(evaluation.arrays_path)
     if not path.is_file():
         raise NotFound("the evaluation's stored scores are missing", code="evaluation_arrays_missing")

@@ -25,9 +25,9 @@ from sqlalchemy.orm import Session
 
 from core.db.base import new_id, utcnow
 from core.db.models import Job, JobEvent, JobKind, JobStatus, Model
-from core.db.repositories import JobEventRepository, JobRepository, ModelRepository, Page
+from core.db.repositories import JobEventRepository, JobRepository, JobRunRepository, ModelRepository, Page
 from core.errors import Conflict, InvalidRequest, NotFound, QueueUnavailable
-from core.services.datasets import get_dataset
+from core.services.datasets import dataset_for_job
 from core.services.models import allowed_base_models, configured_base_model
 from core.settings import Settings
 
@@ -54,22 +54,25 @@ def create_finetune_job(
     settings: Settings,
     spec: FinetuneSpec,
     *,
+    organisation_id: str,
     api_key_id: str | None,
     idempotency_key: str | None = None,
 ) -> tuple[Job, bool]:
-    """Validate everything that can be checked before training; returns (job, created)."""
+    """Validate everything that can be checked before training; returns (job, created). Every row it
+    reads is the organisation's: another organisation's dataset or parent model is not found."""
     fingerprint = request_fingerprint(JobKind.finetune, asdict(spec))
-    existing = idempotent_replay(session, api_key_id, idempotency_key, fingerprint)
+    existing = idempotent_replay(session, organisation_id, api_key_id, idempotency_key, fingerprint)
     if existing is not None:
         return existing, False
 
-    dataset = get_dataset(session, spec.train_dataset_id)
-    method, stage, base_model = _lineage_choice(session, settings, spec)
+    dataset = dataset_for_job(session, spec.train_dataset_id, organisation_id=organisation_id)
+    method, stage, base_model = _lineage_choice(session, settings, spec, organisation_id)
     config = train_config(stage, method, spec.hyperparameters)
     _check_trainable(dataset.summary, config.min_rows)
 
     job = add_queued_job(
         session,
+        organisation_id,
         Job(
             kind=JobKind.finetune,
             name=spec.name,
@@ -88,21 +91,21 @@ def create_finetune_job(
     return job, True
 
 
-def add_queued_job(session: Session, job: Job) -> Job:
-    """A new job enters the state machine as queued, with its first event."""
+def add_queued_job(session: Session, organisation_id: str, job: Job) -> Job:
+    """A new job of the organisation enters the state machine as queued, with its first event."""
     job.id, job.status, job.created_at = new_id(), JobStatus.queued, utcnow()
-    JobRepository(session).add(job)
+    JobRepository(session, organisation_id).add(job)
     JobEventRepository(session).add(job.id, "state", data={"status": JobStatus.queued.value})
     return job
 
 
 def idempotent_replay(
-    session: Session, api_key_id: str | None, key: str | None, fingerprint: str
+    session: Session, organisation_id: str, api_key_id: str | None, key: str | None, fingerprint: str
 ) -> Job | None:
     """The job an earlier request with this Idempotency-Key created: only the same request may reuse it."""
     if key is None:
         return None
-    existing = JobRepository(session).by_idempotency_key(api_key_id, key)
+    existing = JobRepository(session, organisation_id).by_idempotency_key(api_key_id, key)
     if existing is not None and existing.request_fingerprint != fingerprint:
         raise Conflict(
             "this Idempotency-Key was already used for a different request",
@@ -125,7 +128,9 @@ def given_hyperparameters(config: Any, requested: dict[str, Any]) -> dict[str, A
     return {key: validated[key] for key in requested if key in validated and key not in ("method", "stage")}
 
 
-def _lineage_choice(session: Session, settings: Settings, spec: FinetuneSpec) -> tuple[str, int, str]:
+def _lineage_choice(
+    session: Session, settings: Settings, spec: FinetuneSpec, organisation_id: str
+) -> tuple[str, int, str]:
     """(method, stage, base model): from the parent for a second fine-tune, else from the request."""
     from ml.config import TrainConfig
     from ml.vocabulary import METHODS
@@ -144,7 +149,7 @@ def _lineage_choice(session: Session, settings: Settings, spec: FinetuneSpec) ->
             )
         return spec.method, 1, base_model
 
-    parent = finished_parent(session, spec.parent_model_id)
+    parent = finished_parent(session, spec.parent_model_id, organisation_id)
     lineage = {"method": parent.method, "stage": parent.stage, "hyperparameters": parent.hyperparameters}
     config = TrainConfig.for_parent(lineage, spec.hyperparameters, method=spec.method)
     if spec.base_model is not None and spec.base_model != parent.base_model:
@@ -155,18 +160,26 @@ def _lineage_choice(session: Session, settings: Settings, spec: FinetuneSpec) ->
     return config.method, config.stage, parent.base_model
 
 
-def finished_parent(session: Session, parent_model_id: str) -> Model:
+def finished_parent(session: Session, parent_model_id: str, organisation_id: str) -> Model:
     return finished_model(
-        session, parent_model_id, role="the parent model", use="fine-tuned further", code="parent_not_ready"
+        session,
+        parent_model_id,
+        organisation_id,
+        role="the parent model",
+        use="fine-tuned further",
+        code="parent_not_ready",
     )
 
 
-def finished_model(session: Session, model_id: str, *, role: str, use: str, code: str) -> Model:
-    """The model row, or why there is none: its job has not succeeded (409), or no such model (404)."""
-    model = ModelRepository(session).get(model_id)
+def finished_model(
+    session: Session, model_id: str, organisation_id: str, *, role: str, use: str, code: str
+) -> Model:
+    """The organisation's model row, or why there is none: its job has not succeeded (409), or no such
+    model (404). The row stays locked against a deletion until the job that uses it is committed."""
+    model = ModelRepository(session, organisation_id).get(model_id, lock=True)
     if model is not None:
         return model
-    producing_job = JobRepository(session).by_output_model_id(model_id)
+    producing_job = JobRepository(session, organisation_id).by_output_model_id(model_id)
     if producing_job is not None:
         raise Conflict(
             f"{role}'s job is {producing_job.status}; only the model of a succeeded job can be {use}",
@@ -187,22 +200,30 @@ def request_fingerprint(kind: JobKind, payload: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-def get_job(session: Session, job_id: str) -> Job:
-    job = JobRepository(session).get(job_id)
+def get_job(session: Session, job_id: str, *, organisation_id: str) -> Job:
+    job = JobRepository(session, organisation_id).get(job_id)
     if job is None:
         raise NotFound.for_id("job", job_id)
     return job
 
 
 def list_jobs(
-    session: Session, *, status: JobStatus | None, kind: JobKind | None, offset: int, limit: int
+    session: Session,
+    *,
+    organisation_id: str,
+    status: JobStatus | None,
+    kind: JobKind | None,
+    offset: int,
+    limit: int,
 ) -> Page[Job]:
-    return JobRepository(session).list(status=status, kind=kind, offset=offset, limit=limit)
+    return JobRepository(session, organisation_id).list(status=status, kind=kind, offset=offset, limit=limit)
 
 
-def list_job_events(session: Session, job_id: str, offset: int, limit: int) -> Page[JobEvent]:
-    get_job(session, job_id)
-    return JobEventRepository(session).list(job_id, offset, limit)
+def list_job_events(
+    session: Session, job_id: str, offset: int, limit: int, *, organisation_id: str
+) -> Page[JobEvent]:
+    get_job(session, job_id, organisation_id=organisation_id)
+    return JobRepository(session, organisation_id).events(job_id, offset, limit)
 
 
 def commit_and_enqueue(session: Session, queue: JobQueue, job: Job) -> Job:
@@ -225,21 +246,17 @@ def commit_and_enqueue(session: Session, queue: JobQueue, job: Job) -> Job:
 
 def _fail_unsent(session: Session, job_id: str) -> None:
     message = "the job queue was unreachable; submit the job again"
-    if JobRepository(session).fail_if_queued(job_id, message, utcnow()):
+    if JobRunRepository(session).fail_if_queued(job_id, message, utcnow()):
         JobEventRepository(session).add(job_id, "state", data={"status": "failed", "error": message})
         session.commit()
 
 
-def cancel_job(session: Session, job_id: str) -> Job:
+def cancel_job(session: Session, job_id: str, *, organisation_id: str) -> Job:
     """A queued job is cancelled at once; a running one is flagged and stops at its next step."""
-    jobs = JobRepository(session)
-    job = get_job(session, job_id)
-    status = jobs.cancel(job_id, utcnow())
-    if status == JobStatus.cancelled:
-        JobEventRepository(session).add(job_id, "state", attempt=job.attempt, data={"status": "cancelled"})
-    elif status == JobStatus.running:
-        JobEventRepository(session).add(job_id, "cancel_requested", attempt=job.attempt)
-    else:
+    jobs = JobRepository(session, organisation_id)
+    job = get_job(session, job_id, organisation_id=organisation_id)
+    status = request_cancel(session, job)
+    if status is None:
         job = jobs.refreshed(job_id) or job
         raise Conflict(
             f"the job is already {job.status} and cannot be cancelled",
@@ -247,6 +264,17 @@ def cancel_job(session: Session, job_id: str) -> Job:
             details={"status": str(job.status)},
         )
     return jobs.refreshed(job_id) or job
+
+
+def request_cancel(session: Session, job: Job) -> JobStatus | None:
+    """Cancel one of the organisation's jobs (a queued one at once, a running one flagged), with its
+    event; the status it has now, or None if it had already finished."""
+    status = JobRepository(session, job.organisation_id).cancel(job.id, utcnow())
+    if status == JobStatus.cancelled:
+        JobEventRepository(session).add(job.id, "state", attempt=job.attempt, data={"status": "cancelled"})
+    elif status == JobStatus.running:
+        JobEventRepository(session).add(job.id, "cancel_requested", attempt=job.attempt)
+    return status
 
 
 @dataclass(frozen=True)
@@ -265,17 +293,18 @@ def reap_stale_jobs(session: Session, settings: Settings, now: datetime | None =
     """
     now = now or utcnow()
     result = ReapResult([], [], [])
-    for job in JobRepository(session).stale_running(settings.stale_after_s):
+    runs = JobRunRepository(session)
+    for job in runs.stale_running(settings.stale_after_s):
         _reap_one(session, settings, job, now, result)
-    for job in JobRepository(session).queued_with_cancel_flag():
-        if JobRepository(session).cancel(job.id, now) == JobStatus.cancelled:
+    for job in runs.queued_with_cancel_flag():
+        if runs.cancel(job.id, now) == JobStatus.cancelled:
             _add_state_event(session, job, {"status": "cancelled", "reason": "cancel requested"})
             result.cancelled.append(job)
     return result
 
 
 def _reap_one(session: Session, settings: Settings, job: Job, now: datetime, result: ReapResult) -> None:
-    jobs = JobRepository(session)
+    jobs = JobRunRepository(session)
     silent_for = f"no heartbeat for over {settings.stale_after_s:g} s"
     if job.attempt >= settings.max_attempts and not job.cancel_requested:
         error = (
@@ -306,7 +335,7 @@ def queued_jobs_to_resend(session: Session, settings: Settings, now: datetime | 
     """Queued jobs unchanged for resend_queued_after_s, marked so no other reaper re-sends them in
     the same period; the caller commits, then sends each one a new message."""
     now = now or utcnow()
-    jobs = JobRepository(session)
+    jobs = JobRunRepository(session)
     cutoff = now - timedelta(seconds=settings.resend_queued_after_s)
     return [
         job

@@ -1,4 +1,5 @@
-"""Trained models: lookup, listing, lineage, and the service's base model."""
+"""Trained models of an organisation: lookup, listing, lineage (with tombstones), and the service's
+base model."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from core.db.models import Model
-from core.db.repositories import ModelRepository, Page
+from core.db.repositories import DatasetRepository, ModelRepository, Page
 from core.errors import NotFound
 from core.settings import Settings
 
@@ -61,15 +62,15 @@ def allowed_base_models(settings: Settings) -> list[str]:
     return [configured_base_model(settings), *settings.allowed_base_models]
 
 
-def get_model(session: Session, model_id: str) -> Model:
-    model = ModelRepository(session).get(model_id)
+def get_model(session: Session, model_id: str, *, organisation_id: str) -> Model:
+    model = ModelRepository(session, organisation_id).get(model_id)
     if model is None:
         raise NotFound.for_id("model", model_id)
     return model
 
 
-def list_models(session: Session, offset: int, limit: int) -> Page[Model]:
-    return ModelRepository(session).list(offset, limit)
+def list_models(session: Session, offset: int, limit: int, *, organisation_id: str) -> Page[Model]:
+    return ModelRepository(session, organisation_id).list(offset, limit)
 
 
 def model_directory(settings: Settings, model: Model) -> Path:
@@ -77,11 +78,29 @@ def model_directory(settings: Settings, model: Model) -> Path:
 
 
 def lineage(session: Session, model: Model) -> list[dict[str, Any]]:
-    """This model, its ancestors, then the base model it all started from."""
-    chain = [model, *ModelRepository(session).lineage(model)]
+    """This model, its ancestors, then the base model it all started from. A deleted ancestor or
+    training dataset is there as its tombstone: its id and when it was deleted."""
+    chain = [model, *ModelRepository(session, model.organisation_id).lineage(model)]
+    datasets = DatasetRepository(session, model.organisation_id)
+    dataset_ids = [item.train_dataset_id for item in chain if item.train_dataset_id]
+    deleted = datasets.tombstones(dataset_ids)
     entries: list[dict[str, Any]] = [
-        {"kind": "model", "id": item.id, "method": item.method, "stage": item.stage, "name": item.name}
+        {
+            "kind": "model",
+            "id": item.id,
+            "method": item.method,
+            "stage": item.stage,
+            "name": item.name,
+            "deleted_at": item.deleted_at,
+            "train_dataset": _dataset_reference(item.train_dataset_id, deleted),
+        }
         for item in chain
     ]
     entries.append({"kind": "base_model", "id": None, "name": public_base_model(chain[-1].base_model)})
     return entries
+
+
+def _dataset_reference(dataset_id: str | None, deleted: dict[str, Any]) -> dict[str, Any] | None:
+    if dataset_id is None:
+        return None
+    return {"id": dataset_id, "deleted_at": deleted.get(dataset_id)}

@@ -36,6 +36,8 @@ class PredictSpec:
     texts: list[str]
     compare_with: list[str] = field(default_factory=list)
     threshold: float | None = None
+    # The caller's organisation: only its models can be asked for or compared with.
+    organisation_id: str = field(kw_only=True)
 
 
 def check_limits(settings: Settings, spec: PredictSpec) -> None:
@@ -103,6 +105,7 @@ class PredictionPlan:
     texts: list[str]
     threshold: float | None
     targets: dict[str, ScoringTarget]  # the model's own id first, then each compared name
+    organisation_id: str
 
     @property
     def compared(self) -> list[str]:
@@ -112,15 +115,15 @@ class PredictionPlan:
 def plan_prediction(session: Session, settings: Settings, spec: PredictSpec) -> PredictionPlan:
     """Check the limits and find the models (404 for an unknown one, 503 when its files are gone)."""
     check_limits(settings, spec)
-    model = get_model(session, spec.model_id)
+    model = get_model(session, spec.model_id, organisation_id=spec.organisation_id)
     targets = {model.id: ScoringTarget(stored_model_directory(settings, model), model.base_model)}
     for name in dict.fromkeys(spec.compare_with):
         if name == BASE:
             targets[name] = ScoringTarget(None, model.base_model)
         elif name != model.id:
-            other = get_model(session, name)
+            other = get_model(session, name, organisation_id=spec.organisation_id)
             targets[name] = ScoringTarget(stored_model_directory(settings, other), other.base_model)
-    return PredictionPlan(model.id, list(spec.texts), spec.threshold, targets)
+    return PredictionPlan(model.id, list(spec.texts), spec.threshold, targets, spec.organisation_id)
 
 
 def assemble(plan: PredictionPlan, scored: dict[str, Any]) -> dict[str, Any]:
@@ -143,6 +146,7 @@ def record_audit(
         [
             PredictionAudit(
                 created_at=now,
+                organisation_id=plan.organisation_id,
                 api_key_id=api_key_id,
                 model_id=plan.model_id,
                 note_sha256=note_digest(settings, text),

@@ -15,14 +15,15 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from core.db.base import utcnow
-from core.db.models import Evaluation, Job, JobStatus, Model
+from core.db.models import Dataset, Evaluation, Job, JobStatus, Model
 from core.db.repositories import (
     DatasetRepository,
     EvaluationRepository,
     JobEventRepository,
-    JobRepository,
+    JobRunRepository,
     ModelRepository,
 )
+from core.errors import Conflict
 from core.services.jobs import json_safe
 from core.settings import Settings
 
@@ -87,7 +88,7 @@ def phase_record(phase: str) -> dict[str, Any]:
 def claim(session: Session, job_id: str, worker: str) -> Job | None:
     """queued -> running with attempt + 1; None when the job is not queued (a redelivery, a cancel)."""
     now = utcnow()
-    jobs = JobRepository(session)
+    jobs = JobRunRepository(session)
     if not jobs.claim(job_id, worker, now, phase_record(STARTING)):
         return None
     job = jobs.refreshed(job_id)
@@ -99,7 +100,7 @@ def claim(session: Session, job_id: str, worker: str) -> Job | None:
 
 
 def run_state(session: Session, job_id: str) -> RunState | None:
-    state = JobRepository(session).run_state(job_id)
+    state = JobRunRepository(session).run_state(job_id)
     return RunState(*state) if state is not None else None
 
 
@@ -111,13 +112,13 @@ def stop_requested(session: Session, job_id: str, attempt: int) -> bool:
 
 def heartbeat(session: Session, job_id: str, attempt: int) -> bool:
     """Stamped with the database's clock (the reaper's cut-off uses the same clock)."""
-    return JobRepository(session).heartbeat(job_id, attempt)
+    return JobRunRepository(session).heartbeat(job_id, attempt)
 
 
 def record_phase(session: Session, job_id: str, attempt: int, progress: dict[str, Any]) -> bool:
     """A new phase: the progress (its "phase" and the latest step figures, if any) and an event, so
     the job's timeline shows how long each phase took."""
-    if not JobRepository(session).set_progress(job_id, attempt, json_safe(progress), utcnow()):
+    if not JobRunRepository(session).set_progress(job_id, attempt, json_safe(progress), utcnow()):
         return False
     JobEventRepository(session).add(job_id, "phase", attempt=attempt, data={"phase": progress.get("phase")})
     return True
@@ -130,7 +131,7 @@ def record_progress(
     progress: dict[str, Any],
     epoch_metrics: dict[str, Any] | None = None,
 ) -> bool:
-    if not JobRepository(session).set_progress(job_id, attempt, json_safe(progress), utcnow()):
+    if not JobRunRepository(session).set_progress(job_id, attempt, json_safe(progress), utcnow()):
         return False
     if epoch_metrics is not None:
         JobEventRepository(session).add(job_id, "epoch", attempt=attempt, data=json_safe(epoch_metrics))
@@ -159,7 +160,7 @@ def record_finetune_success(
     if not _succeed(session, job.id, attempt, metrics):
         return False
     assert job.output_model_id is not None
-    ModelRepository(session).add(
+    ModelRepository(session, job.organisation_id).add(
         Model(
             id=job.output_model_id,
             name=job.name,
@@ -192,7 +193,7 @@ def record_evaluation_success(
     if not _succeed(session, job.id, attempt, summary):
         return False
     assert job.test_dataset_id is not None
-    EvaluationRepository(session).add(
+    EvaluationRepository(session, job.organisation_id).add(
         Evaluation(
             id=evaluation_id,
             job_id=job.id,
@@ -207,7 +208,7 @@ def record_evaluation_success(
 
 
 def _succeed(session: Session, job_id: str, attempt: int, metrics: dict[str, Any]) -> bool:
-    return JobRepository(session).finish(
+    return JobRunRepository(session).finish(
         job_id, attempt, JobStatus.succeeded, utcnow(), unless_cancel_requested=True, metrics=metrics
     )
 
@@ -221,7 +222,7 @@ def record_cancelled_if_requested(session: Session, job_id: str, attempt: int) -
 
 
 def record_failure(session: Session, job_id: str, attempt: int, error: str) -> bool:
-    if not JobRepository(session).finish(job_id, attempt, JobStatus.failed, utcnow(), error=error):
+    if not JobRunRepository(session).finish(job_id, attempt, JobStatus.failed, utcnow(), error=error):
         return False
     JobEventRepository(session).add(
         job_id, "state", attempt=attempt, data={"status": "failed", "error": error}
@@ -230,37 +231,35 @@ def record_failure(session: Session, job_id: str, attempt: int, error: str) -> b
 
 
 def record_cancelled(session: Session, job_id: str, attempt: int) -> bool:
-    if not JobRepository(session).finish(job_id, attempt, JobStatus.cancelled, utcnow()):
+    if not JobRunRepository(session).finish(job_id, attempt, JobStatus.cancelled, utcnow()):
         return False
     JobEventRepository(session).add(job_id, "state", attempt=attempt, data={"status": "cancelled"})
     return True
 
 
 def finetune_inputs(session: Session, settings: Settings, job: Job) -> FinetuneInputs:
-    """The files a fine-tune reads: its training CSV and, when it continues a model, the parent's."""
-    datasets = DatasetRepository(session)
-    train = datasets.get(job.train_dataset_id or "")
-    if train is None:
-        raise LookupError("training dataset row is missing")
+    """The files a fine-tune reads: its training CSV and, when it continues a model, the parent's.
+    Everything is read as the job's organisation: a job never reads another organisation's rows."""
+    train = _readable_dataset(session, job, job.train_dataset_id, "training")
     if job.parent_model_id is None:
         return FinetuneInputs(settings.stored_file(train.path), None, None)
-    parent = ModelRepository(session).get(job.parent_model_id)
+    parent = ModelRepository(session, job.organisation_id).get(job.parent_model_id)
     if parent is None:
-        raise LookupError("parent model row is missing")
-    parent_data = datasets.get(parent.train_dataset_id) if parent.train_dataset_id else None
+        raise Conflict("the parent model was deleted after the job was queued", code="parent_model_deleted")
+    # The parent's data feeds the forgetting check only: once deleted (or past retention) it is skipped.
+    parent_data = DatasetRepository(session, job.organisation_id).get(parent.train_dataset_id or "")
+    has_parent_data = parent_data is not None and parent_data.file_deleted_at is None
     return FinetuneInputs(
         settings.stored_file(train.path),
         settings.stored_model(parent.path),
-        settings.stored_file(parent_data.path) if parent_data is not None else None,
+        settings.stored_file(parent_data.path) if has_parent_data else None,
     )
 
 
 def evaluation_inputs(session: Session, settings: Settings, job: Job) -> EvaluationInputs:
     """The test CSV, each listed model's directory and threshold, and the report's options."""
-    test = DatasetRepository(session).get(job.test_dataset_id or "")
-    if test is None:
-        raise LookupError("test dataset row is missing")
-    models = [_model_to_evaluate(session, settings, entry) for entry in job.evaluation_models or []]
+    test = _readable_dataset(session, job, job.test_dataset_id, "test")
+    models = [_model_to_evaluate(session, settings, job, entry) for entry in job.evaluation_models or []]
     options = job.evaluation_options or {}
     return EvaluationInputs(
         settings.stored_file(test.path),
@@ -270,11 +269,22 @@ def evaluation_inputs(session: Session, settings: Settings, job: Job) -> Evaluat
     )
 
 
-def _model_to_evaluate(session: Session, settings: Settings, entry: dict[str, Any]) -> ModelToEvaluate:
+def _readable_dataset(session: Session, job: Job, dataset_id: str | None, use: str) -> Dataset:
+    dataset = DatasetRepository(session, job.organisation_id).get(dataset_id or "")
+    if dataset is None:
+        raise Conflict(f"the {use} dataset was deleted after the job was queued", code="dataset_deleted")
+    if dataset.file_deleted_at is not None:
+        raise Conflict(f"the {use} dataset's notes file was deleted", code="dataset_file_deleted")
+    return dataset
+
+
+def _model_to_evaluate(
+    session: Session, settings: Settings, job: Job, entry: dict[str, Any]
+) -> ModelToEvaluate:
     model_dir = None
     if entry.get("model_id"):
-        row = ModelRepository(session).get(entry["model_id"])
+        row = ModelRepository(session, job.organisation_id).get(entry["model_id"])
         if row is None:
-            raise LookupError("an evaluated model row is missing")
+            raise Conflict("an evaluated model was deleted after the job was queued", code="model_deleted")
         model_dir = settings.stored_model(row.path)
     return ModelToEvaluate(entry["name"], entry.get("model_id"), model_dir, entry.get("threshold_override"))

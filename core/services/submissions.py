@@ -39,27 +39,42 @@ def submit_job(
     queue: JobQueue,
     spec: JobSpec,
     *,
+    organisation_id: str,
     api_key_id: str | None,
     idempotency_key: str | None = None,
     upload: Upload | None = None,
 ) -> Job:
-    """The job for this request: new and queued, or the one an earlier request with the same
-    Idempotency-Key created. With an upload, the CSV becomes the spec's dataset; a request that is
-    refused or replayed stores nothing."""
+    """The organisation's job for this request: new and queued, or the one an earlier request with the
+    same Idempotency-Key created. With an upload, the CSV becomes the spec's dataset; a request that
+    is refused or replayed stores nothing."""
+    caller = _Caller(organisation_id, api_key_id, idempotency_key)
     if upload is None:
-        job, created = _create_once(session, settings, spec, api_key_id, idempotency_key)
+        job, created = _create_once(session, settings, spec, caller)
     else:
-        job, created = _create_with_upload(session, settings, spec, upload, api_key_id, idempotency_key)
+        job, created = _create_with_upload(session, settings, spec, upload, caller)
     return commit_and_enqueue(session, queue, job) if created else job
 
 
-def _create_once(
-    session: Session, settings: Settings, spec: JobSpec, api_key_id: str | None, key: str | None
-) -> tuple[Job, bool]:
+@dataclass(frozen=True)
+class _Caller:
+    organisation_id: str
+    api_key_id: str | None
+    idempotency_key: str | None
+
+
+def _create_once(session: Session, settings: Settings, spec: JobSpec, caller: _Caller) -> tuple[Job, bool]:
     create = _CREATE[type(spec)]
+    key = caller.idempotency_key
 
     def attempt() -> tuple[Job, bool]:
-        return create(session, settings, spec, api_key_id=api_key_id, idempotency_key=key)
+        return create(
+            session,
+            settings,
+            spec,
+            organisation_id=caller.organisation_id,
+            api_key_id=caller.api_key_id,
+            idempotency_key=key,
+        )
 
     try:
         return attempt()
@@ -76,13 +91,14 @@ def _create_with_upload(
     settings: Settings,
     spec: JobSpec,
     upload: Upload,
-    api_key_id: str | None,
-    key: str | None,
+    caller: _Caller,
 ) -> tuple[Job, bool]:
-    dataset, dataset_created = register_dataset(session, settings, upload.content, upload.filename)
+    dataset, dataset_created = register_dataset(
+        session, settings, upload.content, upload.filename, organisation_id=caller.organisation_id
+    )
     spec_with_dataset: Any = replace(spec, **{spec.dataset_field: dataset.id})
     try:
-        job, created = _create_once(session, settings, spec_with_dataset, api_key_id, key)
+        job, created = _create_once(session, settings, spec_with_dataset, caller)
     except Exception:
         _forget_upload(session, settings, dataset, dataset_created)
         raise

@@ -14,4 +14,4 @@ def principal_for_key_id(session: Session, key_id: str) -> Principal | None:
     key = session.get(ApiKey, key_id)
     if key is None or key.revoked_at is not None:
         return None
-    return Principal(key_id=key.id, role=Role(key.role), name=key.name)
+    return Principal(key_id=key.id, role=Role(key.role), name=key.name, organisation_id=key.organisation_id)

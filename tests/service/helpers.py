@@ -70,9 +70,8 @@ def error_of(response) -> dict:
 
 def stored_datasets(client, key, settings) -> tuple[int, set[str]]:
     count = client.get("/datasets", headers=bearer(key)).json()["count"]
-    files = (
-        {path.name for path in settings.datasets_root.glob("*")} if settings.datasets_root.exists() else set()
-    )
+    # Files sit in a folder per organisation (older ones directly under datasets/).
+    files = {path.name for path in settings.datasets_root.rglob("*") if path.is_file()}
     return count, files
 
 
@@ -185,6 +184,13 @@ class ApiProcess(WorkerProcess):
         return self
 
 
+def default_organisation_id(database) -> str:
+    from core.services.auth import default_organisation
+
+    with database.transaction() as session:
+        return default_organisation(session).id
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -240,5 +246,5 @@ def _dataset_files_without_rows(settings, dataset_paths: set[str]) -> int:
     root = settings.datasets_root
     if not root.is_dir():
         return 0
-    named = {settings.stored_file(path).name for path in dataset_paths}
-    return sum(1 for path in root.iterdir() if path.name not in named)
+    named = {settings.stored_file(path) for path in dataset_paths}
+    return sum(1 for path in root.rglob("*") if path.is_file() and path not in named)

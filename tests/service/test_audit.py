@@ -56,8 +56,9 @@ def test_a_configured_key_is_used(tmp_path):
 def insert_audit_row(connection) -> None:
     connection.execute(
         sa.text(
-            "INSERT INTO prediction_audit (created_at, model_id, note_sha256, output) "
-            "VALUES (CURRENT_TIMESTAMP, 'm', :digest, '{}')"
+            "INSERT INTO prediction_audit (created_at, organisation_id, model_id, note_sha256, output) "
+            "VALUES (CURRENT_TIMESTAMP, (SELECT id FROM organisations WHERE name = 'default'), 'm', "
+            ":digest, '{}')"
         ),
         {"digest": "0" * 64},
     )

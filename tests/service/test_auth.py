@@ -14,6 +14,7 @@ REQUIRED_ROLE = {
     ("POST", "/datasets"): "trainer",
     ("GET", "/datasets"): "trainer",
     ("GET", "/datasets/{dataset_id}"): "trainer",
+    ("DELETE", "/datasets/{dataset_id}"): "trainer",
     ("POST", "/jobs/finetune"): "trainer",
     ("POST", "/jobs/evaluate"): "trainer",
     ("GET", "/jobs"): "trainer",
@@ -22,9 +23,11 @@ REQUIRED_ROLE = {
     ("POST", "/jobs/{job_id}/cancel"): "trainer",
     ("GET", "/models"): "predictor",
     ("GET", "/models/{model_id}"): "predictor",
+    ("DELETE", "/models/{model_id}"): "trainer",
     ("POST", "/predict"): "predictor",
     ("GET", "/evaluations/{evaluation_id}"): "trainer",
     ("GET", "/evaluations/{evaluation_id}/plots/{kind}.png"): "trainer",
+    ("DELETE", "/evaluations/{evaluation_id}"): "trainer",
     ("POST", "/keys"): "admin",
     ("GET", "/keys"): "admin",
     ("DELETE", "/keys/{key_id}"): "admin",
@@ -117,12 +120,13 @@ def test_two_admins_revoking_each_other_at_once_leave_one_on_sqlite(sqlite_datab
 
     from core.db.models import ApiKey, Role
     from core.errors import Conflict
-    from core.services.auth import create_key, revoke_key
+    from core.services.auth import create_key, default_organisation, revoke_key
 
     db = sqlite_database
     with db.transaction() as session:
-        first, _ = create_key(session, Role.admin, "first")
-        second, _ = create_key(session, Role.admin, "second")
+        organisation = default_organisation(session)
+        first, _ = create_key(session, Role.admin, "first", organisation_id=organisation.id)
+        second, _ = create_key(session, Role.admin, "second", organisation_id=organisation.id)
     other = type(db)(db.url)
     fired: list[bool] = []
 
@@ -130,12 +134,12 @@ def test_two_admins_revoking_each_other_at_once_leave_one_on_sqlite(sqlite_datab
         if statement.lstrip().upper().startswith("UPDATE API_KEYS") and not fired:
             fired.append(True)
             with other.transaction() as session:
-                revoke_key(session, first.id)
+                revoke_key(session, first.id, organisation_id=organisation.id)
 
     event.listen(db.engine, "before_cursor_execute", revoke_first_meanwhile)
     try:
         with pytest.raises(Conflict) as refused, db.transaction() as session:
-            revoke_key(session, second.id)
+            revoke_key(session, second.id, organisation_id=organisation.id)
     finally:
         event.remove(db.engine, "before_cursor_execute", revoke_first_meanwhile)
         other.dispose()

@@ -65,6 +65,8 @@ def test_first_and_second_finetune_lineage_and_predict(client, keys, worker, set
         "method": None,
         "stage": None,
         "name": tiny_bert,
+        "deleted_at": None,
+        "train_dataset": None,
     }
     assert model["hyperparameters"]["epochs"] == 1 and model["hyperparameters"]["method"] == method
     assert model["train_dataset_id"] == second_data["id"]

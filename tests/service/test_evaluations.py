@@ -16,6 +16,7 @@ from ml.report import FORGETTING_METRICS
 from tests.service.helpers import (
     SMALL_JOB,
     bearer,
+    default_organisation_id,
     error_of,
     notes_csv,
     stored_datasets,
@@ -255,6 +256,7 @@ def stored_evaluation(database, evaluation: dict, report: dict) -> str:
         session.add(
             Job(
                 id=job_id,
+                organisation_id=default_organisation_id(database),
                 kind=JobKind.evaluate,
                 status=JobStatus.succeeded,
                 test_dataset_id=evaluation["test_dataset_id"],
@@ -266,6 +268,7 @@ def stored_evaluation(database, evaluation: dict, report: dict) -> str:
         session.add(
             Evaluation(
                 id=evaluation_id,
+                organisation_id=default_organisation_id(database),
                 job_id=job_id,
                 test_dataset_id=evaluation["test_dataset_id"],
                 report=report,
@@ -365,6 +368,7 @@ def test_cancelling_an_evaluation_stops_it_before_the_next_model(database, setti
     """In this process, so the cancel lands while the job runs: the worker checks before each model."""
     from core.db.models import Evaluation, JobStatus
     from core.db.repositories import JobRepository
+    from core.services.auth import default_organisation
     from core.services.evaluations import EvaluationSpec, create_evaluation_job
     from core.services.jobs import cancel_job
     from worker.execution import evaluation_body, run_job
@@ -372,12 +376,15 @@ def test_cancelling_an_evaluation_stops_it_before_the_next_model(database, setti
 
     spec = EvaluationSpec(test_dataset_id=lineage["test"], models=["base", lineage["first"]], n_resamples=100)
     with database.transaction() as session:
-        job, _ = create_evaluation_job(session, settings, spec, api_key_id=None)
+        organisation_id = default_organisation(session).id
+        job, _ = create_evaluation_job(
+            session, settings, spec, organisation_id=organisation_id, api_key_id=None
+        )
         job_id = job.id  # never enqueued: only this test runs it
 
     def cancelled_while_running(runtime, running_job):
         with runtime.database.transaction() as session:
-            assert cancel_job(session, running_job.id).cancel_requested
+            assert cancel_job(session, running_job.id, organisation_id=organisation_id).cancel_requested
         evaluation_body(runtime, running_job)
 
     runtime = WorkerRuntime(settings)
@@ -386,7 +393,7 @@ def test_cancelling_an_evaluation_stops_it_before_the_next_model(database, setti
     finally:
         runtime.database.dispose()
     with database.session() as session:
-        job = JobRepository(session).get(job_id)
+        job = JobRepository(session, organisation_id).get(job_id)
         assert job.status == JobStatus.cancelled and job.finished_at is not None
         assert session.query(Evaluation).filter(Evaluation.job_id == job_id).count() == 0
 

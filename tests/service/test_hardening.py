@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import pytest
 
-from tests.service.helpers import SMALL_JOB, bearer, error_of, notes_csv, upload
+from tests.service.helpers import SMALL_JOB, bearer, default_organisation_id, error_of, notes_csv, upload
 
 SECRET = "Mrs Example SECRET-KEY-4410"
 
@@ -77,8 +77,10 @@ def model_without_files(database, dataset_id):
     from core.db.base import new_id, utcnow
     from core.db.models import Job, JobKind, JobStatus, Model
 
+    organisation_id = default_organisation_id(database)
     job = Job(
         id=new_id(),
+        organisation_id=organisation_id,
         kind=JobKind.finetune,
         status=JobStatus.succeeded,
         method="lora",
@@ -94,6 +96,7 @@ def model_without_files(database, dataset_id):
         session.add(
             Model(
                 id=job.output_model_id,
+                organisation_id=organisation_id,
                 job_id=job.id,
                 method="lora",
                 stage=1,
@@ -127,13 +130,18 @@ def test_the_last_active_admin_key_cannot_be_revoked(client, keys, database):
 
     admin = bearer(keys["admin"])
     with database.session() as session:
-        own_id = session.query(ApiKey).filter(ApiKey.key_hash == hash_key(keys["admin"])).one().id
+        own = session.query(ApiKey).filter(ApiKey.key_hash == hash_key(keys["admin"])).one()
+        own_id = own.id
     spare = client.post("/keys", json={"role": "admin", "name": "spare admin"}, headers=admin)
     assert spare.status_code == 201
     with database.session() as session:
         others = [
             key.id
-            for key in session.query(ApiKey).filter(ApiKey.role == Role.admin, ApiKey.revoked_at.is_(None))
+            for key in session.query(ApiKey).filter(
+                ApiKey.role == Role.admin,
+                ApiKey.revoked_at.is_(None),
+                ApiKey.organisation_id == own.organisation_id,
+            )
             if key.id != own_id
         ]
     assert spare.json()["id"] in others
@@ -152,6 +160,7 @@ def test_a_cancel_after_the_last_step_wins_over_success(database, dataset_id):
 
     job = Job(
         id=new_id(),
+        organisation_id=default_organisation_id(database),
         kind=JobKind.finetune,
         status=JobStatus.running,
         attempt=1,
@@ -175,18 +184,22 @@ def test_a_cancel_after_the_last_step_wins_over_success(database, dataset_id):
         assert session.get(Model, job.output_model_id) is None
 
 
-def test_concurrent_uploads_of_one_file_give_one_dataset(database, settings):
+def test_concurrent_uploads_of_one_file_give_one_dataset(database, settings, organisation_id):
     from core.services.datasets import register_dataset
 
     content = notes_csv(30, seed=303)
     results = {}
     with database.session() as first:
-        dataset, created = register_dataset(first, settings, content, "a.csv")
+        dataset, created = register_dataset(
+            first, settings, content, "a.csv", organisation_id=organisation_id
+        )
         assert created
 
         def second_upload() -> None:
             with database.session() as second:
-                row, was_created = register_dataset(second, settings, content, "b.csv")
+                row, was_created = register_dataset(
+                    second, settings, content, "b.csv", organisation_id=organisation_id
+                )
                 second.commit()
                 results["second"] = (row.id, was_created)
 
@@ -199,18 +212,22 @@ def test_concurrent_uploads_of_one_file_give_one_dataset(database, settings):
     assert results["second"] == (dataset.id, False)
 
 
-def test_a_rolled_back_upload_keeps_a_file_a_committed_row_points_at(database, settings):
+def test_a_rolled_back_upload_keeps_a_file_a_committed_row_points_at(database, settings, organisation_id):
     from core.db.models import Dataset
     from core.services.datasets import dataset_file, forget_dataset_file, register_dataset
 
     with database.session() as session:
-        committed, _ = register_dataset(session, settings, notes_csv(30, seed=304), "kept.csv")
+        committed, _ = register_dataset(
+            session, settings, notes_csv(30, seed=304), "kept.csv", organisation_id=organisation_id
+        )
         session.commit()
-        kept = Dataset(sha256=committed.sha256, path=committed.path)
+        kept = Dataset(organisation_id=organisation_id, sha256=committed.sha256, path=committed.path)
         forget_dataset_file(session, settings, kept)
         assert dataset_file(settings, committed).is_file()
 
-        rolled_back, created = register_dataset(session, settings, notes_csv(30, seed=305), "gone.csv")
+        rolled_back, created = register_dataset(
+            session, settings, notes_csv(30, seed=305), "gone.csv", organisation_id=organisation_id
+        )
         assert created and dataset_file(settings, rolled_back).is_file()
         session.rollback()
         forget_dataset_file(session, settings, rolled_back)
@@ -226,6 +243,7 @@ def test_old_queued_jobs_are_picked_for_a_resend_once_per_period(database, setti
         # Never committed: the running worker's own monitor cannot see (and send) this job.
         job = Job(
             id=new_id(),
+            organisation_id=default_organisation_id(database),
             kind=JobKind.finetune,
             status=JobStatus.queued,
             hyperparameters={},

@@ -147,12 +147,17 @@ def test_huge_offsets_are_422(client, keys, url):
 
 
 @pytest.mark.parametrize("offset", ["1e20", "99999999999999999999", "9367375746213507072"])
-def test_huge_event_offsets_are_422(client, keys, database, offset):
+def test_huge_event_offsets_are_422(client, keys, database, organisation_id, offset):
     from core.db.base import new_id, utcnow
     from core.db.models import Job, JobKind, JobStatus
 
     job = Job(
-        id=new_id(), kind=JobKind.finetune, status=JobStatus.failed, hyperparameters={}, created_at=utcnow()
+        id=new_id(),
+        organisation_id=organisation_id,
+        kind=JobKind.finetune,
+        status=JobStatus.failed,
+        hyperparameters={},
+        created_at=utcnow(),
     )
     with database.transaction() as session:
         session.add(job)
@@ -298,7 +303,7 @@ def packaged_app(settings, database, api_log):
 
 
 @pytest.fixture(scope="module")
-def packaged_model(database, packaged_app, keys) -> str:
+def packaged_model(database, packaged_app, keys, organisation_id) -> str:
     """A model row trained (as far as the database says) from the packaged base model."""
     from core.db.base import new_id, utcnow
     from core.db.models import Job, JobKind, JobStatus, Model
@@ -307,6 +312,7 @@ def packaged_model(database, packaged_app, keys) -> str:
     dataset = upload(packaged_app, keys["trainer"], notes_csv(24, seed=1204)).json()["id"]
     job = Job(
         id=new_id(),
+        organisation_id=organisation_id,
         kind=JobKind.finetune,
         status=JobStatus.succeeded,
         method="lora",
@@ -323,6 +329,7 @@ def packaged_model(database, packaged_app, keys) -> str:
         session.add(
             Model(
                 id=job.output_model_id,
+                organisation_id=organisation_id,
                 job_id=job.id,
                 method="lora",
                 stage=1,
@@ -355,6 +362,8 @@ def test_no_response_shows_the_packaged_base_models_path(packaged_app, packaged_
         "method": None,
         "stage": None,
         "name": PACKAGED_BASE_MODEL,
+        "deleted_at": None,
+        "train_dataset": None,
     }
     dataset = model.json()["train_dataset_id"]
     by_name = {"train_dataset_id": dataset, "method": "lora", "base_model": PACKAGED_BASE_MODEL}

@@ -20,6 +20,8 @@ TABLES = {
     "evaluations",
     "prediction_audit",
     "worker_heartbeats",
+    "organisations",
+    "pending_file_deletions",
 }
 
 
@@ -95,11 +97,34 @@ def snapshot(url: str) -> dict[str, list]:
         engine.dispose()
 
 
+OWNED = ("api_keys", "datasets", "jobs", "models", "prediction_audit")
+
+
+def owners(url: str) -> dict[str, set[str]]:
+    """The organisation names each owned table's rows belong to."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return {
+                table: set(
+                    connection.execute(
+                        sa.text(
+                            f"SELECT o.name FROM {table} t JOIN organisations o ON o.id = t.organisation_id"
+                        )
+                    ).scalars()
+                )
+                for table in OWNED
+            }
+    finally:
+        engine.dispose()
+
+
 @pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
 def test_down_and_up_keep_the_rows_and_the_constraints_hold(backend, empty_postgres, tmp_path):
     url = empty_postgres if backend == "postgresql" else f"sqlite:///{tmp_path / 'data.sqlite3'}"
     config = alembic_config(url)
-    command.upgrade(config, "head")
+    # The rows are written by the release before organisations, then upgraded.
+    command.upgrade(config, "0002")
     engine = sa.create_engine(url)
     try:
         with engine.begin() as connection:
@@ -107,16 +132,47 @@ def test_down_and_up_keep_the_rows_and_the_constraints_hold(backend, empty_postg
                 connection.execute(sa.text(statement))
         before = snapshot(url)
         assert all(before.values()), before
+        command.upgrade(config, "head")
+        assert snapshot(url) == before
+        assert owners(url) == {table: {"default"} for table in OWNED}
         command.downgrade(config, "0001")
         command.upgrade(config, "head")
         assert snapshot(url) == before
+        assert owners(url) == {table: {"default"} for table in OWNED}
         for statement in (
             "UPDATE jobs SET status = 'paused'",
             "UPDATE jobs SET kind = 'other'",
             "UPDATE api_keys SET role = 'root'",
+            "UPDATE jobs SET organisation_id = NULL",
+            "UPDATE datasets SET organisation_id = 'no-such-organisation'",
+            "INSERT INTO pending_file_deletions (kind, path, created_at) "
+            "VALUES ('x', 'p', CURRENT_TIMESTAMP)",
         ):
             with pytest.raises(sa.exc.IntegrityError), engine.begin() as connection:
+                if backend == "sqlite":
+                    connection.exec_driver_sql("PRAGMA foreign_keys=ON")
                 connection.execute(sa.text(statement))
         command.check(config)
+    finally:
+        engine.dispose()
+
+
+def test_the_same_file_may_be_held_by_two_organisations_but_once_in_each(tmp_path):
+    url = f"sqlite:///{tmp_path / 'dedup.sqlite3'}"
+    command.upgrade(alembic_config(url), "head")
+    engine = sa.create_engine(url)
+    insert = (
+        "INSERT INTO datasets (id, organisation_id, name, sha256, path, size_bytes, rows, class_counts, "
+        "duplicates, truncated_at_max_length, summary, created_at) VALUES (:id, :org, 'n', 's1', :id, 1, 1, "
+        "'{}', 0, 0, '{}', CURRENT_TIMESTAMP)"
+    )
+    try:
+        with engine.begin() as connection:
+            connection.execute(sa.text("INSERT INTO organisations VALUES ('b', 'o2', CURRENT_TIMESTAMP)"))
+            default = connection.scalar(sa.text("SELECT id FROM organisations WHERE name = 'default'"))
+            connection.execute(sa.text(insert), {"id": "d1", "org": default})
+            connection.execute(sa.text(insert), {"id": "d2", "org": "o2"})
+        with pytest.raises(sa.exc.IntegrityError), engine.begin() as connection:
+            connection.execute(sa.text(insert), {"id": "d3", "org": "o2"})
     finally:
         engine.dispose()

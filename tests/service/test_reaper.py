@@ -11,17 +11,19 @@ from contextlib import contextmanager
 import pytest
 from sqlalchemy import event, text
 
-from tests.service.helpers import SMALL_JOB, notes_csv
+from tests.service.helpers import SMALL_JOB, default_organisation_id, notes_csv
 
 QUICK = {**SMALL_JOB, "head_init": "random"}
 
 
 @pytest.fixture(scope="module")
-def dataset_id(database, settings) -> str:
+def dataset_id(database, settings, organisation_id) -> str:
     from core.services.datasets import register_dataset
 
     with database.transaction() as session:
-        dataset, _ = register_dataset(session, settings, notes_csv(40, seed=501), "reaper.csv")
+        dataset, _ = register_dataset(
+            session, settings, notes_csv(40, seed=501), "reaper.csv", organisation_id=organisation_id
+        )
         return dataset.id
 
 
@@ -40,6 +42,7 @@ def new_job(database, dataset_id: str, **values):
 
     fields = {
         "id": new_id(),
+        "organisation_id": default_organisation_id(database),
         "kind": JobKind.finetune,
         "status": JobStatus.queued,
         "method": "full",
@@ -104,7 +107,7 @@ def test_a_cancel_during_the_requeue_wins(database, settings, dataset_id):
         api = Database(settings.sqlalchemy_url)
         try:
             with api.transaction() as other:
-                assert cancel_job(other, job.id).cancel_requested
+                assert cancel_job(other, job.id, organisation_id=job.organisation_id).cancel_requested
         finally:
             api.dispose()
 
@@ -154,7 +157,7 @@ def test_a_cancel_lands_whatever_state_the_job_moved_to(database, settings, data
     api = type(database)(settings.sqlalchemy_url)
     try:
         with api.transaction() as session, before_first_job_update(session, reaper_pass):
-            cancelled = cancel_job(session, job.id)
+            cancelled = cancel_job(session, job.id, organisation_id=job.organisation_id)
     finally:
         api.dispose()
     assert cancelled.status == JobStatus.cancelled

@@ -8,6 +8,7 @@ from fastapi.testclient import TestClient
 from tests.service.helpers import (
     SMALL_JOB,
     bearer,
+    default_organisation_id,
     error_of,
     notes_csv,
     rows_csv,
@@ -95,6 +96,7 @@ def failed_job_model_id(database, datasets) -> str:
         session.add(
             Job(
                 id=new_id(),
+                organisation_id=default_organisation_id(database),
                 kind=JobKind.finetune,
                 status=JobStatus.failed,
                 method="lora",

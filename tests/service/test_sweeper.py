@@ -13,12 +13,14 @@ from tests.service.test_reaper import new_job
 
 
 @pytest.fixture(scope="module")
-def dataset_id(database, settings) -> str:
+def dataset_id(database, settings, organisation_id) -> str:
     from core.services.datasets import register_dataset
     from tests.service.helpers import notes_csv
 
     with database.transaction() as session:
-        dataset, _ = register_dataset(session, settings, notes_csv(40, seed=701), "sweep.csv")
+        dataset, _ = register_dataset(
+            session, settings, notes_csv(40, seed=701), "sweep.csv", organisation_id=organisation_id
+        )
         return dataset.id
 
 

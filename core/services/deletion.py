@@ -1,0 +1,147 @@
+"""Deleting an organisation's datasets, models and evaluations, crash-safe.
+
+A deletion is one transaction that turns the rows into tombstones (the id and `deleted_at` stay, so
+every reference and every lineage still resolves; the content goes) and writes one
+`pending_file_deletions` entry per file. Only after that commit are the files removed, and then their
+entries. A crash before the commit leaves the object whole; a crash after it leaves entries that the
+worker's sweeper finishes (remove_pending_files). No row ever names a missing file, and no file is
+left that neither a row nor the journal accounts for.
+
+What a deletion refuses (409, naming the caller's own objects only), unless `cascade`:
+- a model that other models were fine-tuned from: with cascade, they go too (all descendants);
+- a dataset or model that a queued or running job reads: with cascade, the jobs are cancelled.
+Models trained on a deleted dataset, and evaluations that used a deleted dataset or model, stay:
+they are results, not notes, and name the tombstone.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy.orm import Session
+
+from core.db.base import utcnow
+from core.db.models import FileKind, Job, PendingFileDeletion
+from core.db.repositories import (
+    DatasetRepository,
+    EvaluationRepository,
+    JobRepository,
+    ModelRepository,
+    StoredFileRepository,
+)
+from core.errors import Conflict, NotFound
+from core.services.jobs import request_cancel
+from core.settings import Settings
+
+log = logging.getLogger("notetune.deletion")
+
+
+@dataclass
+class Deletion:
+    """What one deletion removed (ids of the caller's organisation)."""
+
+    datasets: list[str] = field(default_factory=list)
+    models: list[str] = field(default_factory=list)
+    evaluations: list[str] = field(default_factory=list)
+    cancelled_jobs: list[str] = field(default_factory=list)
+
+
+def delete_dataset(
+    session: Session, dataset_id: str, *, organisation_id: str, cascade: bool = False
+) -> Deletion:
+    datasets = DatasetRepository(session, organisation_id)
+    dataset = datasets.get_for_update(dataset_id)
+    if dataset is None:
+        raise NotFound.for_id("dataset", dataset_id)
+    readers = JobRepository(session, organisation_id).active_reading(dataset_ids=[dataset.id])
+    if readers and not cascade:
+        raise _in_use("dataset", "queued or running jobs read it", jobs=readers)
+    deletion = Deletion(cancelled_jobs=_cancel(session, readers))
+    now = utcnow()
+    if dataset.file_deleted_at is None:
+        StoredFileRepository(session).journal(FileKind.data, [dataset.path], now)
+    deletion.datasets = datasets.set_deleted([dataset.id], now)
+    return deletion
+
+
+def delete_model(session: Session, model_id: str, *, organisation_id: str, cascade: bool = False) -> Deletion:
+    models = ModelRepository(session, organisation_id)
+    model = models.get_for_update(model_id)
+    if model is None:
+        raise NotFound.for_id("model", model_id)
+    descendants = models.descendants([model.id])
+    doomed = [model.id, *descendants]
+    readers = JobRepository(session, organisation_id).active_reading(model_ids=doomed)
+    if (descendants or readers) and not cascade:
+        raise _in_use(
+            "model", "models were fine-tuned from it, or queued or running jobs read it", descendants, readers
+        )
+    deletion = Deletion(cancelled_jobs=_cancel(session, readers))
+    now = utcnow()
+    paths = [row.path for row in models.all_for_update(doomed)]
+    StoredFileRepository(session).journal(FileKind.model, paths, now)
+    # Children first: a tombstone never has a live child (a lineage reads the same either way).
+    deletion.models = models.set_deleted(list(reversed(doomed)), now)
+    return deletion
+
+
+def delete_evaluation(session: Session, evaluation_id: str, *, organisation_id: str) -> Deletion:
+    evaluations = EvaluationRepository(session, organisation_id)
+    evaluation = evaluations.get_for_update(evaluation_id)
+    if evaluation is None:
+        raise NotFound.for_id("evaluation", evaluation_id)
+    now = utcnow()
+    StoredFileRepository(session).journal(FileKind.data, [evaluation.arrays_path], now)
+    return Deletion(evaluations=evaluations.set_deleted([evaluation.id], now))
+
+
+def _in_use(what: str, why: str, models: list[str] | None = None, jobs: list[Job] | None = None) -> Conflict:
+    return Conflict(
+        f"the {what} is in use ({why}); delete or cancel those first, or pass cascade=true",
+        code=f"{what}_in_use",
+        details={"models": models or [], "jobs": [job.id for job in jobs or []]},
+    )
+
+
+def _cancel(session: Session, jobs: list[Job]) -> list[str]:
+    return [job.id for job in jobs if request_cancel(session, job) is not None]
+
+
+def commit_and_remove_files(session: Session, settings: Settings) -> None:
+    """Commit the deletion, then remove the files it journalled (and any a crash left behind)."""
+    session.commit()
+    remove_pending_files(session, settings)
+
+
+def remove_pending_files(session: Session, settings: Settings) -> int:
+    """Remove the files in the deletion journal, then their entries (committed): safe to repeat and
+    to run beside another remover, as a file already gone counts as removed."""
+    files = StoredFileRepository(session)
+    entries = list(files.pending())
+    removed = [entry.id for entry in entries if _remove(_location(settings, entry))]
+    files.done(removed)
+    session.commit()
+    if len(removed) < len(entries):
+        log.warning(
+            "%d journalled file(s) could not be removed; the next sweep tries again",
+            len(entries) - len(removed),
+        )
+    return len(removed)
+
+
+def _location(settings: Settings, entry: PendingFileDeletion) -> Path:
+    if entry.kind == FileKind.model:
+        return settings.stored_model(entry.path)
+    return settings.stored_file(entry.path)
+
+
+def _remove(path: Path) -> bool:
+    """True once nothing is left at `path`."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+    return not path.exists() and not path.is_symlink()
