@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -19,8 +20,11 @@ from api.routes import metrics as metrics_routes
 from api.ui import STATIC_DIR, install_ui
 from core.db.session import Database
 from core.queue import JobQueue
+from core.services.deletion import remove_pending_files
 from core.services.metrics import job_statistics
 from core.settings import Settings
+
+log = logging.getLogger("notetune.api")
 
 DESCRIPTION = """
 Fine-tune BERT classifiers (full, LoRA, AdaLoRA) on labelled clinical notes, continue them on new
@@ -42,6 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.ensure_directories()
         database = Database(settings.sqlalchemy_url)
+        finish_interrupted_deletions(database, settings)
         queue = JobQueue.from_settings(settings)
         predictor = start_predictor(settings, metrics)
         metrics.add_collector(ServingCollector(predictor.queued_notes, predictor.loaded_models))
@@ -97,6 +102,15 @@ def _add_offline_docs(app: FastAPI) -> None:
             redoc_favicon_url=f"{vendor}/swagger-ui/favicon-32x32.png",
             with_google_fonts=False,
         )
+
+
+def finish_interrupted_deletions(database: Database, settings: Settings) -> None:
+    """Files a crashed deletion journalled but did not remove go now, even with no worker running."""
+    try:
+        with database.session() as session:
+            remove_pending_files(session, settings)
+    except Exception as error:  # the database may not be up yet: the worker's sweeper retries
+        log.warning("could not finish interrupted deletions at start (%s)", type(error).__name__)
 
 
 def start_predictor(settings: Settings, metrics: ServiceMetrics):

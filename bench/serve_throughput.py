@@ -42,6 +42,7 @@ from ml import synth  # noqa: E402
 
 PYTHON = sys.executable
 MODELS = [("full", "full"), ("lora1", "lora"), ("lora2", "lora"), ("lora3", "lora"), ("ada", "adalora")]
+METRICS_TOKEN = uuid.uuid4().hex
 TRAINING = {"epochs": 1, "warmup_steps": 2, "head_init": "random"}
 
 
@@ -83,6 +84,7 @@ def _free_port() -> int:
 
 def _service_env(data_dir: Path) -> dict[str, str]:
     env = {**os.environ, "NOTETUNE_DATA_DIR": str(data_dir), "TOKENIZERS_PARALLELISM": "false"}
+    env["NOTETUNE_METRICS_TOKEN"] = METRICS_TOKEN
     for name in ("DATABASE_URL", "CELERY_BROKER_URL"):
         env.pop(name, None)
     postgres, redis_url = _reachable_servers()
@@ -246,7 +248,7 @@ async def run_cell(url: str, key: str, bodies, concurrency: int, seconds: float)
 
 def batch_counters(url: str, key: str) -> tuple[float, float]:
     """(sum of notes, number of passes) of the batch-size histogram on /metrics."""
-    text = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {key}"}, timeout=10).text
+    text = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}, timeout=10).text
     total = re.search(r"^notetune_batch_notes_sum (\S+)$", text, re.M)
     count = re.search(r"^notetune_batch_notes_count (\S+)$", text, re.M)
     return (float(total.group(1)) if total else 0.0, float(count.group(1)) if count else 0.0)

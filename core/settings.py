@@ -63,11 +63,19 @@ class Settings(BaseSettings):
     max_note_tokens: int = Field(default=16_384, ge=1)
     max_evaluation_cells: int = Field(default=50_000_000, ge=1)
 
+    # Notes files are deleted this many days after the last job that read them finished (models and
+    # metrics stay); None keeps them until a dataset is deleted.
+    dataset_retention_days: int | None = Field(default=None, ge=1)
+
     # The web pages' sessions: a signed cookie. Without a secret each API process signs with a random
     # one, so sessions end on restart and are not shared between processes.
     ui_session_secret: SecretStr | None = None
     ui_session_max_age_s: int = Field(default=8 * 3600, ge=60)
     ui_https_only: bool = False
+
+    # The operator's bearer token for GET /metrics (which counts every organisation's jobs); unset, the
+    # metrics are off.
+    metrics_token: SecretStr | None = None
 
     # Serving /predict: the micro-batcher of the API process (ml/serving.py says the trade-offs).
     # More notes per pass and a longer wait raise throughput under load and add latency at low load;

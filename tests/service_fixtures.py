@@ -23,6 +23,7 @@ from fastapi.testclient import TestClient
 from tests.service.helpers import WorkerProcess, default_organisation_id, wait_until
 
 POSTGRES_ADMIN_DSN = os.environ.get("NOTETUNE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+METRICS_TOKEN = "operator-metrics-token-for-tests"
 REDIS_URL = os.environ.get("NOTETUNE_TEST_REDIS", "redis://127.0.0.1:6379")
 
 
@@ -73,6 +74,7 @@ def service_env(postgres_url, redis_url, service_dir, tiny_bert) -> Iterator[dic
         "NOTETUNE_MAX_ATTEMPTS": "3",
         "NOTETUNE_SWEEP_INTERVAL_S": "2",
         "NOTETUNE_MAX_PREDICT_TEXTS": "16",
+        "NOTETUNE_METRICS_TOKEN": METRICS_TOKEN,
         "NOTETUNE_MAX_TEXT_CHARS": "5000",
         "TOKENIZERS_PARALLELISM": "false",
         "OMP_NUM_THREADS": "1",

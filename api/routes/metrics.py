@@ -1,19 +1,42 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+import hmac
+from typing import Annotated
 
-from api.deps import AdminDep, RuntimeDep
+from fastapi import APIRouter, Depends, Response
+from fastapi.security import HTTPAuthorizationCredentials
+
+from api.deps import RuntimeDep, bearer
 from api.metrics import CONTENT_TYPE
 from api.schemas.common import responses
+from core.errors import NotFound, Unauthorized
 
 router = APIRouter(tags=["system"])
+
+
+def operator(
+    runtime: RuntimeDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> None:
+    """The deployment's operator, not a tenant: the metrics count every organisation's jobs, so no
+    organisation's key may read them. The operator's token is NOTETUNE_METRICS_TOKEN."""
+    token = runtime.settings.metrics_token
+    if token is None:
+        raise NotFound("metrics are off: the operator sets NOTETUNE_METRICS_TOKEN to turn them on")
+    sent = credentials.credentials if credentials else ""
+    if not hmac.compare_digest(sent.encode(), token.get_secret_value().encode()):
+        raise Unauthorized(
+            "send the operator's metrics token: 'Authorization: Bearer <token>'", code="invalid_token"
+        )
 
 
 @router.get(
     "/metrics",
     response_class=Response,
-    responses={**responses(), 200: {"content": {CONTENT_TYPE: {}}, "description": "Prometheus text format"}},
+    responses={
+        **responses(404),
+        200: {"content": {CONTENT_TYPE: {}}, "description": "Prometheus text format"},
+    },
 )
-def read_metrics(runtime: RuntimeDep, _: AdminDep) -> Response:
-    """Request latencies, batch sizes, queue depth, loaded models and jobs, for Prometheus (admin key)."""
+def read_metrics(runtime: RuntimeDep, _: Annotated[None, Depends(operator)]) -> Response:
+    """Request latencies, batch sizes, queue depth, loaded models and jobs (the operator's token)."""
     return Response(runtime.metrics.render(), media_type=CONTENT_TYPE)

@@ -18,7 +18,7 @@ from core.settings import Settings
 
 def retention_days(settings: Settings) -> int | None:
     """NOTETUNE_DATASET_RETENTION_DAYS, or None: notes files are kept until deleted."""
-    return getattr(settings, "dataset_retention_days", None)
+    return settings.dataset_retention_days
 
 
 def apply_retention(session: Session, days: int | None, now: datetime | None = None) -> list[str]:

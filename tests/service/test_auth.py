@@ -32,7 +32,6 @@ REQUIRED_ROLE = {
     ("GET", "/keys"): "admin",
     ("DELETE", "/keys/{key_id}"): "admin",
     ("GET", "/version"): "predictor",
-    ("GET", "/metrics"): "admin",
 }
 RANK = {"predictor": 0, "trainer": 1, "admin": 2}
 
@@ -47,8 +46,22 @@ def concrete(path: str) -> str:
     return re.sub(r"\{kind\}", "roc", re.sub(r"\{[a-z_]+_id\}", "0" * 32, path))
 
 
+# Routes for the deployment's operator, with a token of their own: no organisation's key reads them.
+OPERATOR = {("GET", "/metrics")}
+
+
 def test_every_route_is_classified(app):
-    assert set(api_routes(app)) == set(REQUIRED_ROLE) | PUBLIC
+    assert set(api_routes(app)) == set(REQUIRED_ROLE) | PUBLIC | OPERATOR
+
+
+def test_metrics_need_the_operators_token_and_no_organisations_key(client, keys):
+    from tests.service_fixtures import METRICS_TOKEN
+
+    for key in keys.values():
+        refused = client.get("/metrics", headers=bearer(key))
+        assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_token"
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", headers=bearer(METRICS_TOKEN)).status_code == 200
 
 
 @pytest.mark.parametrize(("method", "path"), sorted(REQUIRED_ROLE))

@@ -99,8 +99,10 @@ def test_a_busy_service_answers_503_with_retry_after(settings, database, served,
 
 def test_metrics_show_batches_latency_models_and_jobs_but_no_note_text(client, keys, served):
     assert _predict(client, keys["predictor"], served["lora_a"], f"Stage II. {CANARY}").status_code == 200
-    assert client.get("/metrics", headers=bearer(keys["trainer"])).status_code == 403
-    response = client.get("/metrics", headers=bearer(keys["admin"]))
+    from tests.service_fixtures import METRICS_TOKEN
+
+    assert client.get("/metrics", headers=bearer(keys["admin"])).status_code == 401
+    response = client.get("/metrics", headers=bearer(METRICS_TOKEN))
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
     text = response.text
     for name in (

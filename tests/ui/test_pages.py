@@ -130,15 +130,16 @@ def test_sign_out_ends_the_session(trainer):
 
 def test_a_revoked_key_loses_its_pages_at_once(app, client, database):
     from core.db.models import Role
-    from core.services.auth import create_key, revoke_key
+    from core.services.auth import create_key, default_organisation, revoke_key
 
     with database.transaction() as session:
-        row, plaintext = create_key(session, Role.trainer, "to revoke")
+        organisation_id = default_organisation(session).id
+        row, plaintext = create_key(session, Role.trainer, "to revoke", organisation_id=organisation_id)
     page = browser(app)
     sign_in(page, plaintext)
     assert page.get("/ui/datasets").status_code == 200
     with database.transaction() as session:
-        revoke_key(session, row.id)
+        revoke_key(session, row.id, organisation_id=organisation_id)
     assert page.get("/ui/datasets").status_code == 303
 
 

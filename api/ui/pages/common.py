@@ -62,6 +62,7 @@ def submit(
         runtime.settings,
         runtime.queue,
         spec,
+        organisation_id=principal.organisation_id,
         api_key_id=principal.key_id,
         idempotency_key=f"ui-{token}" if token else None,
         upload=upload,

@@ -21,12 +21,15 @@ router = page_router()
 
 
 @router.get("/datasets")
-def datasets_page(request: Request, session: SessionDep, settings: SettingsDep, _: TrainerPageDep):
-    return _page(request, session, settings)
+def datasets_page(request: Request, session: SessionDep, settings: SettingsDep, principal: TrainerPageDep):
+    return _page(request, session, settings, principal.organisation_id)
 
 
 @router.post("/datasets")
-async def upload_dataset(request: Request, session: SessionDep, settings: SettingsDep, _: TrainerPageDep):
+async def upload_dataset(
+    request: Request, session: SessionDep, settings: SettingsDep, principal: TrainerPageDep
+):
+    organisation_id = principal.organisation_id
     form = await read_form(request)
     try:
         upload = await uploaded_file(form, settings)
@@ -35,23 +38,35 @@ async def upload_dataset(request: Request, session: SessionDep, settings: Settin
         name = text_field(form, "name") or upload.filename
 
         def register():
-            dataset, created = datasets_service.register_dataset(session, settings, upload.content, name)
+            dataset, created = datasets_service.register_dataset(
+                session, settings, upload.content, name, organisation_id=organisation_id
+            )
             session.commit()
             return dataset, created
 
         dataset, created = await run_in_threadpool(register)
     except UserError as error:
         session.rollback()
-        return _page(request, session, settings, error=error, status_code=error.status_code)
+        return _page(request, session, settings, organisation_id, error=error, status_code=error.status_code)
     if created:
         log.info("dataset %s stored (%d rows)", dataset.id, dataset.rows)
     return _page(
-        request, session, settings, uploaded=dataset, created=created, status_code=201 if created else 200
+        request,
+        session,
+        settings,
+        organisation_id,
+        uploaded=dataset,
+        created=created,
+        status_code=201 if created else 200,
     )
 
 
-def _page(request, session, settings, *, uploaded=None, created=False, error=None, status_code=200):
-    datasets = datasets_service.list_datasets(session, 0, settings.page_size_limit)
+def _page(
+    request, session, settings, organisation_id, *, uploaded=None, created=False, error=None, status_code=200
+):
+    datasets = datasets_service.list_datasets(
+        session, 0, settings.page_size_limit, organisation_id=organisation_id
+    )
     context = {
         "datasets": datasets.items,
         "count": datasets.count,

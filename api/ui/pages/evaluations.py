@@ -34,8 +34,8 @@ router = page_router()
 
 
 @router.get("/evaluate")
-def evaluate_page(request: Request, session: SessionDep, settings: SettingsDep, _: TrainerPageDep):
-    return _evaluate_form(request, session, settings, values={"models": [BASE]})
+def evaluate_page(request: Request, session: SessionDep, settings: SettingsDep, principal: TrainerPageDep):
+    return _evaluate_form(request, session, settings, principal.organisation_id, values={"models": [BASE]})
 
 
 @router.post("/evaluate")
@@ -64,16 +64,22 @@ async def start_evaluation(
     except UserError as error:
         session.rollback()
         return _evaluate_form(
-            request, session, runtime.settings, values=values, error=error, status_code=error.status_code
+            request,
+            session,
+            runtime.settings,
+            principal.organisation_id,
+            values=values,
+            error=error,
+            status_code=error.status_code,
         )
     return RedirectResponse(f"/ui/jobs/{job.id}", status_code=303)
 
 
-def _evaluate_form(request, session, settings, *, values, error=None, status_code=200):
+def _evaluate_form(request, session, settings, organisation_id, *, values, error=None, status_code=200):
     limit = settings.page_size_limit
-    models = models_service.list_models(session, 0, limit).items
+    models = models_service.list_models(session, 0, limit, organisation_id=organisation_id).items
     context = {
-        "datasets": datasets_service.list_datasets(session, 0, limit).items,
+        "datasets": datasets_service.list_datasets(session, 0, limit, organisation_id=organisation_id).items,
         "models": models,
         "labels": views.model_labels(models),
         "values": values,
@@ -85,11 +91,13 @@ def _evaluate_form(request, session, settings, *, values, error=None, status_cod
 
 
 @router.get("/evaluations/{evaluation_id}")
-def evaluation_page(evaluation_id: str, request: Request, session: SessionDep, _: TrainerPageDep):
-    evaluation = evaluations_service.get_evaluation(session, evaluation_id)
+def evaluation_page(evaluation_id: str, request: Request, session: SessionDep, principal: TrainerPageDep):
+    organisation_id = principal.organisation_id
+    evaluation = evaluations_service.get_evaluation(session, evaluation_id, organisation_id=organisation_id)
     report: dict[str, Any] = evaluation.report
     ids = [entry["model_id"] for entry in report.get("models", []) if entry.get("model_id")]
-    labels = views.model_labels([_model(session, model_id) for model_id in ids if _model(session, model_id)])
+    models = [_model(session, model_id, organisation_id) for model_id in ids]
+    labels = views.model_labels([model for model in models if model])
     context = {
         "evaluation": evaluation,
         "report": report,
@@ -97,14 +105,16 @@ def evaluation_page(evaluation_id: str, request: Request, session: SessionDep, _
         "metrics": views.TABLE_METRICS,
         "metric_labels": views.METRIC_LABELS,
         "plot_kinds": PLOT_KINDS,
-        "dataset": _dataset(session, evaluation.test_dataset_id),
+        "dataset": _dataset(session, evaluation.test_dataset_id, organisation_id),
     }
     return render(request, "evaluation.html", context)
 
 
 @router.get("/evaluations/{evaluation_id}/table.csv")
-def evaluation_csv(evaluation_id: str, session: SessionDep, _: TrainerPageDep) -> Response:
-    evaluation = evaluations_service.get_evaluation(session, evaluation_id)
+def evaluation_csv(evaluation_id: str, session: SessionDep, principal: TrainerPageDep) -> Response:
+    evaluation = evaluations_service.get_evaluation(
+        session, evaluation_id, organisation_id=principal.organisation_id
+    )
     return Response(
         evaluations_service.evaluation_csv(evaluation),
         media_type="text/csv",
@@ -118,21 +128,31 @@ def evaluation_plot(
     kind: Literal[PLOT_KINDS],  # type: ignore[valid-type]
     session: SessionDep,
     settings: SettingsDep,
-    _: TrainerPageDep,
+    principal: TrainerPageDep,
 ) -> Response:
-    png = evaluations_service.plot_evaluation(session, settings, evaluation_id, kind, width=800, height=600)
+    png = evaluations_service.plot_evaluation(
+        session,
+        settings,
+        evaluation_id,
+        kind,
+        organisation_id=principal.organisation_id,
+        width=800,
+        height=600,
+    )
     return Response(png, media_type="image/png")
 
 
-def _model(session, model_id: str):
+def _model(session, model_id: str, organisation_id: str):
     try:
-        return models_service.get_model(session, model_id)
+        return models_service.get_model(session, model_id, organisation_id=organisation_id)
     except UserError:
         return None  # a model deleted since the evaluation: its id is shown instead
 
 
-def _dataset(session, dataset_id: str | None):
+def _dataset(session, dataset_id: str | None, organisation_id: str):
+    if not dataset_id:
+        return None
     try:
-        return datasets_service.get_dataset(session, dataset_id) if dataset_id else None
+        return datasets_service.get_dataset(session, dataset_id, organisation_id=organisation_id)
     except UserError:
         return None

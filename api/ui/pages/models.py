@@ -15,16 +15,18 @@ router = page_router()
 
 
 @router.get("/models")
-def models_page(request: Request, session: SessionDep, settings: SettingsDep, _: PredictorPageDep):
-    models = models_service.list_models(session, 0, settings.page_size_limit)
+def models_page(request: Request, session: SessionDep, settings: SettingsDep, principal: PredictorPageDep):
+    models = models_service.list_models(
+        session, 0, settings.page_size_limit, organisation_id=principal.organisation_id
+    )
     rows = [(model, models_service.lineage(session, model)) for model in models.items]
     context = {"rows": rows, "count": models.count, "labels": views.model_labels(models.items)}
     return render(request, "models.html", context)
 
 
 @router.get("/models/{model_id}")
-def model_page(model_id: str, request: Request, session: SessionDep, _: PredictorPageDep):
-    model = models_service.get_model(session, model_id)
+def model_page(model_id: str, request: Request, session: SessionDep, principal: PredictorPageDep):
+    model = models_service.get_model(session, model_id, organisation_id=principal.organisation_id)
     metrics = model.metrics or {}
     comparison = metrics.get("comparison") or {}
     context = {

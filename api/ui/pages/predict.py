@@ -22,8 +22,8 @@ router = page_router()
 
 
 @router.get("/predict")
-def predict_page(request: Request, runtime: RuntimeDep, _: BriefPredictorPageDep):
-    return _page(request, runtime, values={"compare": [BASE]})
+def predict_page(request: Request, runtime: RuntimeDep, principal: BriefPredictorPageDep):
+    return _page(request, runtime, principal.organisation_id, values={"compare": [BASE]})
 
 
 @router.post("/predict")
@@ -43,6 +43,7 @@ async def predict_note(request: Request, runtime: RuntimeDep, principal: BriefPr
             texts=[note],
             compare_with=compare,
             threshold=_threshold(values["threshold"]),
+            organisation_id=principal.organisation_id,
         )
         result = await predict(
             runtime.database,
@@ -53,13 +54,21 @@ async def predict_note(request: Request, runtime: RuntimeDep, principal: BriefPr
             explain=True,
         )
     except UserError as error:
-        return _page(request, runtime, values=values, error=error, status_code=error.status_code)
-    return _page(request, runtime, values=values, result=result["predictions"][0])
+        return _page(
+            request,
+            runtime,
+            principal.organisation_id,
+            values=values,
+            error=error,
+            status_code=error.status_code,
+        )
+    return _page(request, runtime, principal.organisation_id, values=values, result=result["predictions"][0])
 
 
-def _page(request, runtime, *, values, result=None, error=None, status_code=200):
+def _page(request, runtime, organisation_id, *, values, result=None, error=None, status_code=200):
     with runtime.database.transaction() as session:
-        models = models_service.list_models(session, 0, runtime.settings.page_size_limit).items
+        limit = runtime.settings.page_size_limit
+        models = models_service.list_models(session, 0, limit, organisation_id=organisation_id).items
         labels = views.model_labels(models)
     explanation = (result or {}).get("explanation")
     context = {

@@ -43,15 +43,22 @@ router = page_router()
 
 
 @router.get("/finetune")
-def first_finetune_page(request: Request, session: SessionDep, settings: SettingsDep, _: TrainerPageDep):
-    return _finetune_form(request, session, settings, stage=1, values={})
+def first_finetune_page(
+    request: Request, session: SessionDep, settings: SettingsDep, principal: TrainerPageDep
+):
+    return _finetune_form(request, session, settings, principal.organisation_id, stage=1, values={})
 
 
 @router.get("/finetune/second")
 def second_finetune_page(
-    request: Request, session: SessionDep, settings: SettingsDep, _: TrainerPageDep, parent: str | None = None
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    principal: TrainerPageDep,
+    parent: str | None = None,
 ):
-    return _finetune_form(request, session, settings, stage=2, values={"parent_model_id": parent or ""})
+    values = {"parent_model_id": parent or ""}
+    return _finetune_form(request, session, settings, principal.organisation_id, stage=2, values=values)
 
 
 @router.post("/finetune")
@@ -90,6 +97,7 @@ async def start_finetune(
             request,
             session,
             runtime.settings,
+            principal.organisation_id,
             stage=stage,
             values=values,
             error=error,
@@ -98,10 +106,16 @@ async def start_finetune(
     return RedirectResponse(f"/ui/jobs/{job.id}", status_code=303)
 
 
-def _finetune_form(request, session, settings, *, stage, values, error=None, status_code=200):
+def _finetune_form(
+    request, session, settings, organisation_id, *, stage, values, error=None, status_code=200
+):
     limit = settings.page_size_limit
-    datasets = datasets_service.list_datasets(session, 0, limit).items
-    parents = models_service.list_models(session, 0, limit).items if stage == 2 else []
+    datasets = datasets_service.list_datasets(session, 0, limit, organisation_id=organisation_id).items
+    parents = (
+        models_service.list_models(session, 0, limit, organisation_id=organisation_id).items
+        if stage == 2
+        else []
+    )
     parent = next((model for model in parents if model.id == values.get("parent_model_id")), None)
     method = parent.method if parent else values.get("method") or None
     main, advanced = field_views(stage, method, values.get("hyperparameters") or {})
@@ -127,33 +141,40 @@ def _finetune_form(request, session, settings, *, stage, values, error=None, sta
 
 
 @router.get("/jobs")
-def jobs_page(request: Request, session: SessionDep, settings: SettingsDep, _: TrainerPageDep):
-    jobs = jobs_service.list_jobs(session, status=None, kind=None, offset=0, limit=settings.page_size_limit)
+def jobs_page(request: Request, session: SessionDep, settings: SettingsDep, principal: TrainerPageDep):
+    jobs = jobs_service.list_jobs(
+        session,
+        organisation_id=principal.organisation_id,
+        status=None,
+        kind=None,
+        offset=0,
+        limit=settings.page_size_limit,
+    )
     context = {"jobs": jobs.items, "count": jobs.count, "phase_of": views.job_phase}
     return render(request, "jobs.html", context)
 
 
 @router.get("/jobs/{job_id}")
-def job_page(job_id: str, request: Request, session: SessionDep, _: TrainerPageDep):
-    return render(request, "job.html", _job_context(session, job_id))
+def job_page(job_id: str, request: Request, session: SessionDep, principal: TrainerPageDep):
+    return render(request, "job.html", _job_context(session, job_id, principal.organisation_id))
 
 
 @router.get("/jobs/{job_id}/progress")
-def job_progress(job_id: str, request: Request, session: SessionDep, _: TrainerPageDep):
+def job_progress(job_id: str, request: Request, session: SessionDep, principal: TrainerPageDep):
     """The part of the job page that htmx polls until the job ends."""
-    return render(request, "_job_status.html", _job_context(session, job_id))
+    return render(request, "_job_status.html", _job_context(session, job_id, principal.organisation_id))
 
 
 @router.post("/jobs/{job_id}/cancel")
-def cancel_job(job_id: str, session: SessionDep, _: TrainerPageDep) -> RedirectResponse:
-    jobs_service.cancel_job(session, job_id)
+def cancel_job(job_id: str, session: SessionDep, principal: TrainerPageDep) -> RedirectResponse:
+    jobs_service.cancel_job(session, job_id, organisation_id=principal.organisation_id)
     session.commit()
     return RedirectResponse(f"/ui/jobs/{job_id}", status_code=303)
 
 
-def _job_context(session, job_id: str) -> dict[str, Any]:
-    job = jobs_service.get_job(session, job_id)
-    events = jobs_service.list_job_events(session, job_id, 0, 1000).items
+def _job_context(session, job_id: str, organisation_id: str) -> dict[str, Any]:
+    job = jobs_service.get_job(session, job_id, organisation_id=organisation_id)
+    events = jobs_service.list_job_events(session, job_id, 0, 1000, organisation_id=organisation_id).items
     metrics = job.metrics or {}
     comparison = metrics.get("comparison") or {}
     parent_vs = comparison.get("parent_vs_fine_tuned") or {}
@@ -169,13 +190,17 @@ def _job_context(session, job_id: str) -> dict[str, Any]:
         "parent_rows": views.comparison_rows(parent_vs.get("parent") or {}, parent_vs.get("second") or {}),
         "forgetting": views.forgetting_summary(metrics.get("forgetting_check")),
         "metric_labels": views.METRIC_LABELS,
-        "model": _model_or_none(session, job.output_model_id) if job.status == "succeeded" else None,
+        "model": _model_or_none(session, job.output_model_id, organisation_id)
+        if job.status == "succeeded"
+        else None,
         "evaluation_id": metrics.get("evaluation_id") if job.kind == "evaluate" else None,
     }
 
 
-def _model_or_none(session, model_id: str | None):
+def _model_or_none(session, model_id: str | None, organisation_id: str):
     try:
-        return models_service.get_model(session, model_id) if model_id else None
+        return (
+            models_service.get_model(session, model_id, organisation_id=organisation_id) if model_id else None
+        )
     except NotFound:
         return None
