@@ -23,6 +23,7 @@ from core.db.session import Database
 from core.errors import NotFound
 from core.queue import JobQueue
 from core.services.auth import Principal, authenticate, authorize
+from core.services.health import HealthProbe
 from core.settings import Settings
 
 
@@ -35,6 +36,7 @@ class ApiRuntime:
     queue: JobQueue
     predictor: Any  # ml.serving.MicroBatcher, imported lazily (torch); the only user of the models
     metrics: ServiceMetrics
+    health: HealthProbe
 
 
 def get_runtime(request: Request) -> ApiRuntime:

@@ -17,10 +17,12 @@ from api.limits import RequestBodyGuard
 from api.metrics import JobCollector, RequestTimer, ServiceMetrics, ServingCollector
 from api.routes import datasets, evaluations, jobs, keys, models, predict, system
 from api.routes import metrics as metrics_routes
+from api.routes.system import run_checks
 from api.ui import STATIC_DIR, install_ui
 from core.db.session import Database
 from core.queue import JobQueue
 from core.services.deletion import remove_pending_files
+from core.services.health import HealthProbe
 from core.services.metrics import job_statistics
 from core.settings import Settings
 
@@ -51,10 +53,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         predictor = start_predictor(settings, metrics)
         metrics.add_collector(ServingCollector(predictor.queued_notes, predictor.loaded_models))
         metrics.add_collector(JobCollector(lambda: job_statistics(database)))
-        app.state.runtime = ApiRuntime(settings, database, queue, predictor, metrics)
+        probe = HealthProbe(lambda: run_checks(database, queue, settings), settings.health_interval_s)
+        app.state.runtime = ApiRuntime(settings, database, queue, predictor, metrics, probe.start())
         try:
             yield
         finally:
+            probe.stop()
             predictor.stop()
             queue.close()
             database.dispose()

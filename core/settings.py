@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     max_predict_texts: int = Field(default=64, ge=1)
     max_text_chars: int = Field(default=20_000, ge=1)
     page_size_limit: int = Field(default=200, ge=1)
+    # /healthz answers from the last check, run this often in a thread of its own.
+    health_interval_s: float = Field(default=2.0, gt=0)
     # Request bodies are counted as they stream in (chunked ones too) and refused with 413 past the
     # limit of their route; a body is read only once the key has been checked (api/limits.py).
     max_json_body_bytes: int = Field(default=1024 * 1024, ge=1024)

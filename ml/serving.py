@@ -63,6 +63,7 @@ class _Job:
     model: ModelRequest
     texts: list[str]
     future: Future
+    request: int  # jobs of one submit() share it
     queued_at: float = field(default_factory=time.monotonic)
     route: Route | None = None
     token_ids: list[list[int]] | None = None
@@ -102,6 +103,8 @@ class MicroBatcher:
         self._thread = threading.Thread(target=self._serve, name="notetune-inference", daemon=True)
         self._seconds_per_note = 0.05  # a running estimate, for Retry-After
         self._loaded: frozenset[str] = frozenset()  # a snapshot other threads may read
+        self._overlapping = True  # whether requests arrived together lately (see _max_wait_s)
+        self._submitted = 0
 
     # --- callers ---------------------------------------------------------------------------------
 
@@ -130,7 +133,8 @@ class MicroBatcher:
                 raise ServingBusy(self._retry_after_s())
             if self._queued_notes + needed > self.options.max_queued_notes and self._queued_notes > 0:
                 raise ServingBusy(self._retry_after_s())
-            jobs = [_Job(model, texts, Future()) for model in models]
+            self._submitted += 1
+            jobs = [_Job(model, texts, Future(), self._submitted) for model in models]
             self._jobs.extend(jobs)
             self._queued_notes += needed
             self._condition.notify()
@@ -169,6 +173,7 @@ class MicroBatcher:
             started = time.monotonic()
             self._run(batch)
             self._loaded = frozenset(self.cache.loaded_model_ids())
+            self._overlapping = len({job.request for job in batch}) > 1 or bool(self._jobs)
             notes = sum(len(job.texts) for job in batch)
             elapsed = time.monotonic() - started
             self._seconds_per_note = 0.8 * self._seconds_per_note + 0.2 * elapsed / max(1, notes)
@@ -209,7 +214,11 @@ class MicroBatcher:
         return notes >= self.options.max_batch_notes or tokens >= self.options.max_batch_tokens
 
     def _max_wait_s(self) -> float:
-        return self.options.max_wait_ms / 1000.0 if self.options.enabled else 0.0
+        """Wait for company only while requests overlap: a lone caller (the last batch was one job and
+        nothing queued behind it) would wait for nobody."""
+        if not self.options.enabled or not self._overlapping:
+            return 0.0
+        return self.options.max_wait_ms / 1000.0
 
     def _run_calls(self) -> None:
         while True:

@@ -74,6 +74,7 @@ def service_env(postgres_url, redis_url, service_dir, tiny_bert) -> Iterator[dic
         "NOTETUNE_MAX_ATTEMPTS": "3",
         "NOTETUNE_SWEEP_INTERVAL_S": "2",
         "NOTETUNE_MAX_PREDICT_TEXTS": "16",
+        "NOTETUNE_HEALTH_INTERVAL_S": "0.5",
         "NOTETUNE_METRICS_TOKEN": METRICS_TOKEN,
         "NOTETUNE_MAX_TEXT_CHARS": "5000",
         "TOKENIZERS_PARALLELISM": "false",

@@ -8,7 +8,11 @@ from fastapi.responses import JSONResponse
 from api.deps import AnyKeyDep, RuntimeDep
 from api.schemas.common import responses
 from api.schemas.system import Check, Health, Version
+from core.db.session import Database
+from core.queue import JobQueue
 from core.services import health as health_service
+from core.services.health import CheckResult
+from core.settings import Settings
 
 router = APIRouter(tags=["system"])
 
@@ -21,33 +25,44 @@ def package_version() -> str:
 
 
 @router.get("/healthz", response_model=Health, responses={503: {"model": Health, "description": "Degraded"}})
-def health(runtime: RuntimeDep) -> JSONResponse:
-    """Database, broker and a live worker; 503 when any is missing. Needs no API key."""
-    checks = {"database": _database(runtime), "broker": _broker(runtime), "worker": _worker(runtime)}
+async def health(runtime: RuntimeDep) -> JSONResponse:
+    """Database, broker and a live worker (checked every few seconds); 503 when any is missing.
+    Needs no API key."""
+    checks = {
+        name: Check(ok=result.ok, detail=result.detail) for name, result in runtime.health.latest().items()
+    }
     healthy = all(check.ok for check in checks.values())
     body = Health(status="ok" if healthy else "degraded", checks=checks)
     return JSONResponse(body.model_dump(), status_code=200 if healthy else 503)
 
 
-def _database(runtime: RuntimeDep) -> Check:
+def run_checks(database: Database, queue: JobQueue, settings: Settings) -> dict[str, CheckResult]:
+    return {
+        "database": _database(database),
+        "broker": _broker(queue),
+        "worker": _worker(database, settings),
+    }
+
+
+def _database(database: Database) -> CheckResult:
     try:
-        health_service.check_database(runtime.database)
-        return Check(ok=True)
+        health_service.check_database(database)
+        return CheckResult(ok=True)
     except Exception as error:
-        return Check(ok=False, detail=f"unreachable ({type(error).__name__})")
+        return CheckResult(ok=False, detail=f"unreachable ({type(error).__name__})")
 
 
-def _broker(runtime: RuntimeDep) -> Check:
-    ok = runtime.queue.broker_reachable()
-    return Check(ok=ok, detail=None if ok else "unreachable")
+def _broker(queue: JobQueue) -> CheckResult:
+    ok = queue.broker_reachable()
+    return CheckResult(ok=ok, detail=None if ok else "unreachable")
 
 
-def _worker(runtime: RuntimeDep) -> Check:
+def _worker(database: Database, settings: Settings) -> CheckResult:
     try:
-        live = health_service.live_workers(runtime.database, runtime.settings)
+        live = health_service.live_workers(database, settings)
     except Exception as error:
-        return Check(ok=False, detail=f"unknown ({type(error).__name__})")
-    return Check(ok=live > 0, detail=f"{live} live worker(s)")
+        return CheckResult(ok=False, detail=f"unknown ({type(error).__name__})")
+    return CheckResult(ok=live > 0, detail=f"{live} live worker(s)")
 
 
 @router.get("/version", response_model=Version, responses=responses())

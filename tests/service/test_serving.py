@@ -143,3 +143,27 @@ def test_explain_returns_sentence_shares_that_add_up_to_the_served_score(client,
     )
     plain = client.post("/predict", json={**body, "explain": False}, headers=bearer(keys["predictor"])).json()
     assert "explanation" not in plain["predictions"][0]
+
+
+def test_healthz_answers_from_the_last_check_and_a_stalled_probe_is_degraded():
+    import time
+
+    from core.services.health import CheckResult, HealthProbe
+
+    calls = []
+
+    def checks():
+        calls.append(time.monotonic())
+        return {"database": CheckResult(True), "worker": CheckResult(len(calls) < 3, "0 live worker(s)")}
+
+    probe = HealthProbe(checks, interval_s=0.05).start()
+    try:
+        assert probe.latest()["database"].ok
+        deadline = time.monotonic() + 5
+        while probe.latest()["worker"].ok and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not probe.latest()["worker"].ok, "a later check's failure shows"
+    finally:
+        probe.stop()
+    time.sleep(0.2)  # no more checks run: the last result grows stale
+    assert not probe.latest()["checks"].ok
