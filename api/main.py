@@ -13,6 +13,7 @@ from fastapi.staticfiles import StaticFiles
 
 from api.deps import ApiRuntime
 from api.errors import install_error_handlers
+from api.health_port import HealthPort
 from api.limits import RequestBodyGuard
 from api.metrics import JobCollector, RequestTimer, ServiceMetrics, ServingCollector
 from api.routes import datasets, evaluations, jobs, keys, models, predict, system
@@ -55,9 +56,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.add_collector(JobCollector(lambda: job_statistics(database)))
         probe = HealthProbe(lambda: run_checks(database, queue, settings), settings.health_interval_s)
         app.state.runtime = ApiRuntime(settings, database, queue, predictor, metrics, probe.start())
+        health_port = (
+            HealthPort(probe, settings.health_host, settings.health_port).start()
+            if settings.health_port
+            else None
+        )
         try:
             yield
         finally:
+            if health_port is not None:
+                health_port.stop()
             probe.stop()
             predictor.stop()
             queue.close()

@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     page_size_limit: int = Field(default=200, ge=1)
     # /healthz answers from the last check, run this often in a thread of its own.
     health_interval_s: float = Field(default=2.0, gt=0)
+    # Also serve /healthz on this port from a thread outside the event loop (api/health_port.py), so a
+    # load balancer's probe never waits behind a flood of requests; None: the main port only.
+    health_port: int | None = Field(default=None, ge=1, le=65535)
+    health_host: str = "127.0.0.1"
     # Request bodies are counted as they stream in (chunked ones too) and refused with 413 past the
     # limit of their route; a body is read only once the key has been checked (api/limits.py).
     max_json_body_bytes: int = Field(default=1024 * 1024, ge=1024)

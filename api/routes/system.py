@@ -6,8 +6,9 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from api.deps import AnyKeyDep, RuntimeDep
+from api.health_port import health_body
 from api.schemas.common import responses
-from api.schemas.system import Check, Health, Version
+from api.schemas.system import Health, Version
 from core.db.session import Database
 from core.queue import JobQueue
 from core.services import health as health_service
@@ -28,12 +29,8 @@ def package_version() -> str:
 async def health(runtime: RuntimeDep) -> JSONResponse:
     """Database, broker and a live worker (checked every few seconds); 503 when any is missing.
     Needs no API key."""
-    checks = {
-        name: Check(ok=result.ok, detail=result.detail) for name, result in runtime.health.latest().items()
-    }
-    healthy = all(check.ok for check in checks.values())
-    body = Health(status="ok" if healthy else "degraded", checks=checks)
-    return JSONResponse(body.model_dump(), status_code=200 if healthy else 503)
+    status, body = health_body(runtime.health)
+    return JSONResponse(Health.model_validate(body).model_dump(), status_code=status)
 
 
 def run_checks(database: Database, queue: JobQueue, settings: Settings) -> dict[str, CheckResult]:

@@ -167,3 +167,24 @@ def test_healthz_answers_from_the_last_check_and_a_stalled_probe_is_degraded():
         probe.stop()
     time.sleep(0.2)  # no more checks run: the last result grows stale
     assert not probe.latest()["checks"].ok
+
+
+def test_the_health_port_answers_like_healthz_outside_the_event_loop(settings, database, workers):
+    import socket
+
+    import httpx
+
+    from api.main import create_app
+
+    workers.ensure_running()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    app = create_app(settings.model_copy(update={"health_port": port}))
+    with TestClient(app) as main_port:
+        own = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+        assert own.status_code == main_port.get("/healthz").status_code == 200
+        assert own.json()["status"] == "ok" and set(own.json()["checks"]) == {"database", "broker", "worker"}
+        assert httpx.get(f"http://127.0.0.1:{port}/predict", timeout=5).status_code == 404
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)  # stopped with the app
