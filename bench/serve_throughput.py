@@ -396,7 +396,8 @@ def report(results: dict, inproc: dict, memory: dict, levels: list[int], scenari
     by_batch = {b: round(v, 1) for b, v in inproc["notes_per_s_by_batch"].items()}
     print(f"\nin-process, full model: single note {inproc['single_note_median_ms']:.1f} ms;", by_batch)
     print("\n| scenario | clients | batched req/s | unbatched req/s | batched / unbatched | batched notes/s "
-          "| of ceiling | p50 / p99 ms | errors | /healthz p99 ms | health port p99 ms | mean batch |")  # fmt: skip
+          "| of ceiling | p50 / p99 ms | errors | /healthz p99 ms | health port p99 ms "
+          "| mean batch |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for scenario in scenarios:
         for level in levels:
@@ -407,7 +408,8 @@ def report(results: dict, inproc: dict, memory: dict, levels: list[int], scenari
                 f"| {on['notes_per_s'] / inproc['ceiling_notes_per_s']:.0%} "
                 f"| {on['p50_ms']:.0f} / {on['p99_ms']:.0f} | {on['errors']} / {off['errors']} "
                 f"| {on['healthz_p99_ms']:.1f} / {off['healthz_p99_ms']:.1f} "
-                f"| {on['health_port_p99_ms']:.1f} / {off['health_port_p99_ms']:.1f} | {on['mean_batch_notes']:.1f} |"
+                f"| {on['health_port_p99_ms']:.1f} / {off['health_port_p99_ms']:.1f} "
+                f"| {on['mean_batch_notes']:.1f} |"
             )
     one = results["batched"][(scenarios[0], levels[0])]
     print(f"\n1 client, {scenarios[0]}: median {one['p50_ms']:.1f} ms = "
