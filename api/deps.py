@@ -79,14 +79,6 @@ def _principal(
     return authenticate(session, credentials.credentials if credentials else None)
 
 
-def require(role: Role):
-    def dependency(principal: Annotated[Principal, Depends(_principal)]) -> Principal:
-        return authorize(principal, role)
-
-    dependency.__name__ = f"require_{role.value}"
-    return dependency
-
-
 def _principal_in_own_transaction(
     request: Request,
     runtime: RuntimeDep,
@@ -100,11 +92,13 @@ def _principal_in_own_transaction(
         return authenticate(session, credentials.credentials if credentials else None)
 
 
-def require_briefly(role: Role):
-    def dependency(principal: Annotated[Principal, Depends(_principal_in_own_transaction)]) -> Principal:
+def require(role: Role, key_check=_principal):
+    """A dependency: the caller's key, checked by `key_check`, must hold `role`."""
+
+    def dependency(principal: Principal = Depends(key_check)) -> Principal:
         return authorize(principal, role)
 
-    dependency.__name__ = f"require_{role.value}_briefly"
+    dependency.__name__ = f"require_{role.value}"
     return dependency
 
 
@@ -113,7 +107,7 @@ AdminDep = Annotated[Principal, Depends(require(Role.admin))]
 TrainerDep = Annotated[Principal, Depends(require(Role.trainer))]
 PredictorDep = Annotated[Principal, Depends(require(Role.predictor))]
 # Holds no database connection for the rest of the request.
-BriefPredictorDep = Annotated[Principal, Depends(require_briefly(Role.predictor))]
+BriefPredictorDep = Annotated[Principal, Depends(require(Role.predictor, _principal_in_own_transaction))]
 
 
 # The databases' OFFSET is a signed 64-bit integer; no list comes near this many rows.
