@@ -113,6 +113,17 @@ def _reachable_servers() -> tuple[str | None, str | None]:
         return None, None
 
 
+def _drop_database(url: str | None) -> None:
+    """The benchmark's own PostgreSQL database goes with it."""
+    if not url:
+        return
+    import psycopg
+
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", autocommit=True) as connection:
+        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 class Service:
     def __init__(self, env: dict[str, str], log_dir: Path) -> None:
         self.env, self.log_dir = env, log_dir
@@ -390,6 +401,7 @@ def main() -> None:
         memory = adapter_memory(full_dir.parent, models)
     finally:
         service.stop()
+        _drop_database(env.get("DATABASE_URL"))
     report(results, inproc, memory, levels, scenarios)
     if args.out:
         serialisable = {
