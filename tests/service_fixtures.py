@@ -210,3 +210,13 @@ def keys(database, organisation_id) -> dict[str, str]:
                 session, role, f"test {role.value}", organisation_id=organisation_id
             )
     return out
+
+
+@pytest.fixture
+def runtime(settings):
+    """A worker's runtime in this process, for tests that drive the reaper or the sweeper directly."""
+    from worker.runtime import WorkerRuntime
+
+    runtime = WorkerRuntime(settings)
+    yield runtime
+    runtime.database.dispose()

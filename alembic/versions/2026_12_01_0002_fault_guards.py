@@ -10,11 +10,10 @@ Revises: 0001
 Create Date: 2026-12-01 09:00:00
 """
 
-import os
-import re
 from collections.abc import Sequence
 
-from alembic import context, op
+from alembic import op
+from core.db.migrations import restricted_app_role
 
 revision: str = "0002"
 down_revision: str | None = "0001"
@@ -38,7 +37,6 @@ READ_WRITE_TABLES = (
     "evaluations",
     "worker_heartbeats",
 )
-ROLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 NO_TRUNCATE_POSTGRESQL = """
     CREATE TRIGGER prediction_audit_no_truncate BEFORE TRUNCATE ON prediction_audit
@@ -70,14 +68,14 @@ def upgrade() -> None:
         with op.batch_alter_table(table) as batch:
             for name, condition in checks:
                 batch.create_check_constraint(name, condition)
-    role = app_role()
+    role = restricted_app_role()
     if role is not None and dialect == "postgresql":
         _grant_restricted_role(role)
 
 
 def downgrade() -> None:
     dialect = op.get_bind().dialect.name
-    role = app_role()
+    role = restricted_app_role()
     if role is not None and dialect == "postgresql":
         _revoke_restricted_role(role)
     for table, checks in CHECKS.items():
@@ -86,20 +84,6 @@ def downgrade() -> None:
                 batch.drop_constraint(name, type_="check")
     if dialect == "postgresql":
         op.execute("DROP TRIGGER IF EXISTS prediction_audit_no_truncate ON prediction_audit")
-
-
-def app_role() -> str | None:
-    """The restricted role to create and grant, if one was asked for."""
-    role = (
-        context.get_x_argument(as_dictionary=True).get("app_role")
-        or op.get_context().config.attributes.get("app_role")  # type: ignore[union-attr]
-        or os.environ.get("NOTETUNE_DB_APP_ROLE")
-    )
-    if not role:
-        return None
-    if not ROLE_NAME.match(role):
-        raise ValueError("the app role must be a lower-case SQL identifier (letters, digits, '_')")
-    return role
 
 
 def _grant_restricted_role(role: str) -> None:

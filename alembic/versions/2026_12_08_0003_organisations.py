@@ -15,15 +15,14 @@ Revises: 0002
 Create Date: 2026-12-08 09:00:00
 """
 
-import os
-import re
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
-from alembic import context, op
+from alembic import op
+from core.db.migrations import restricted_app_role
 
 revision: str = "0003"
 down_revision: str | None = "0002"
@@ -35,7 +34,6 @@ DEFAULT_NAME = "default"
 OWNED = ("api_keys", "datasets", "jobs", "models", "evaluations")
 TOMBSTONED = ("datasets", "models", "evaluations")
 FILE_KIND_CHECK = ("ck_pending_file_deletions_file_kind", "kind IN ('data', 'model')")
-ROLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
 def upgrade() -> None:
@@ -68,7 +66,7 @@ def upgrade() -> None:
         sa.CheckConstraint(FILE_KIND_CHECK[1], name=FILE_KIND_CHECK[0]),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_pending_file_deletions")),
     )
-    role = _app_role()
+    role = restricted_app_role()
     if role is not None and op.get_bind().dialect.name == "postgresql":
         # As migration 0002's restricted role: it reads organisations (the CLI creates them with an
         # owner's login) and keeps the deletion journal.
@@ -98,20 +96,6 @@ def downgrade() -> None:
             batch.drop_constraint(f"fk_{table}_organisation_id_organisations", type_="foreignkey")
             batch.drop_column("organisation_id")
     op.drop_table("organisations")
-
-
-def _app_role() -> str | None:
-    """The restricted role of migration 0002, if one was asked for (the same three places)."""
-    role = (
-        context.get_x_argument(as_dictionary=True).get("app_role")
-        or op.get_context().config.attributes.get("app_role")  # type: ignore[union-attr]
-        or os.environ.get("NOTETUNE_DB_APP_ROLE")
-    )
-    if not role:
-        return None
-    if not ROLE_NAME.match(role):
-        raise ValueError("the app role must be a lower-case SQL identifier (letters, digits, '_')")
-    return role
 
 
 def _default_organisation() -> str:

@@ -15,11 +15,11 @@ from typing import Annotated
 from fastapi import Depends, Request
 from starlette.middleware.sessions import SessionMiddleware
 
-from api.deps import RuntimeDep, SessionDep
+from api.deps import RuntimeDep, SessionDep, require
 from api.ui.i18n import N_
 from core.db.models import Role
 from core.errors import Forbidden
-from core.services.auth import Principal, authorize
+from core.services.auth import Principal
 from core.services.ui_sessions import principal_for_key_id
 from core.settings import Settings
 
@@ -116,16 +116,7 @@ def _checked(request: Request, principal: Principal | None) -> Principal:
     return principal
 
 
-def page_role(role: Role, check=signed_in):
-    # A default, not an Annotated hint: the hint would be a string naming `check`, a local variable.
-    def dependency(principal: Principal = Depends(check)) -> Principal:
-        return authorize(principal, role)
-
-    dependency.__name__ = f"page_{role.value}"
-    return dependency
-
-
 SignedInDep = Annotated[Principal, Depends(signed_in)]
-TrainerPageDep = Annotated[Principal, Depends(page_role(Role.trainer))]
-PredictorPageDep = Annotated[Principal, Depends(page_role(Role.predictor))]
-BriefPredictorPageDep = Annotated[Principal, Depends(page_role(Role.predictor, signed_in_briefly))]
+TrainerPageDep = Annotated[Principal, Depends(require(Role.trainer, signed_in))]
+PredictorPageDep = Annotated[Principal, Depends(require(Role.predictor, signed_in))]
+BriefPredictorPageDep = Annotated[Principal, Depends(require(Role.predictor, signed_in_briefly))]

@@ -248,3 +248,59 @@ def _dataset_files_without_rows(settings, dataset_paths: set[str]) -> int:
         return 0
     named = {settings.stored_file(path) for path in dataset_paths}
     return sum(1 for path in root.rglob("*") if path.is_file() and path not in named)
+
+
+def registered_dataset(database, settings, organisation_id: str, *, seed: int, name: str) -> str:
+    """A dataset of 40 made-up notes, stored through the service (no HTTP), in the organisation."""
+    from core.services.datasets import register_dataset
+
+    with database.transaction() as session:
+        dataset, _ = register_dataset(
+            session, settings, notes_csv(40, seed=seed), name, organisation_id=organisation_id
+        )
+        return dataset.id
+
+
+def model_row_without_training(
+    database, organisation_id: str, dataset_id: str, *, base_model: str = "unused"
+) -> tuple[str, str]:
+    """(job id, model id): a succeeded fine-tune's rows written directly, with no files in the store,
+    as a lost volume or a crashed clean-up would leave them."""
+    from core.db.base import new_id, utcnow
+    from core.db.models import Job, JobKind, JobStatus, Model
+
+    job = Job(
+        id=new_id(),
+        organisation_id=organisation_id,
+        kind=JobKind.finetune,
+        status=JobStatus.succeeded,
+        method="lora",
+        stage=1,
+        base_model=base_model,
+        train_dataset_id=dataset_id,
+        hyperparameters={},
+        output_model_id=new_id(),
+        created_at=utcnow(),
+    )
+    with database.transaction() as session:
+        session.add(job)
+        session.flush()
+        session.add(
+            Model(
+                id=job.output_model_id,
+                organisation_id=organisation_id,
+                job_id=job.id,
+                method="lora",
+                stage=1,
+                base_model=base_model,
+                path=job.output_model_id,
+                train_dataset_id=dataset_id,
+                hyperparameters={},
+                data_summary={},
+                metrics={},
+                threshold=0.5,
+                manifest={},
+                created_at=utcnow(),
+            )
+        )
+        return job.id, job.output_model_id

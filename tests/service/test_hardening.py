@@ -8,7 +8,15 @@ from datetime import timedelta
 
 import pytest
 
-from tests.service.helpers import SMALL_JOB, bearer, default_organisation_id, error_of, notes_csv, upload
+from tests.service.helpers import (
+    SMALL_JOB,
+    bearer,
+    default_organisation_id,
+    error_of,
+    model_row_without_training,
+    notes_csv,
+    upload,
+)
 
 SECRET = "Mrs Example SECRET-KEY-4410"
 
@@ -74,47 +82,14 @@ def test_a_note_with_a_lone_surrogate_is_422_naming_its_index(client, keys):
 @pytest.fixture
 def model_without_files(database, dataset_id):
     """A model row whose directory is not in the store (a lost volume, a manual clean-up)."""
-    from core.db.base import new_id, utcnow
-    from core.db.models import Job, JobKind, JobStatus, Model
+    from core.db.models import Job, Model
 
-    organisation_id = default_organisation_id(database)
-    job = Job(
-        id=new_id(),
-        organisation_id=organisation_id,
-        kind=JobKind.finetune,
-        status=JobStatus.succeeded,
-        method="lora",
-        stage=1,
-        train_dataset_id=dataset_id,
-        hyperparameters={},
-        output_model_id=new_id(),
-        created_at=utcnow(),
-    )
+    job_id, model_id = model_row_without_training(database, default_organisation_id(database), dataset_id)
+    yield model_id
     with database.transaction() as session:
-        session.add(job)
+        session.delete(session.get(Model, model_id))
         session.flush()
-        session.add(
-            Model(
-                id=job.output_model_id,
-                organisation_id=organisation_id,
-                job_id=job.id,
-                method="lora",
-                stage=1,
-                base_model="unused",
-                path=job.output_model_id,
-                hyperparameters={},
-                data_summary={},
-                metrics={},
-                threshold=0.5,
-                manifest={},
-                created_at=utcnow(),
-            )
-        )
-    yield job.output_model_id
-    with database.transaction() as session:
-        session.delete(session.get(Model, job.output_model_id))
-        session.flush()
-        session.delete(session.get(Job, job.id))
+        session.delete(session.get(Job, job_id))
 
 
 def test_predicting_with_a_model_whose_files_are_missing_is_503(client, keys, model_without_files):

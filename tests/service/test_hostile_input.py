@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from tests.service.helpers import bearer, error_of, notes_csv, rows_csv, upload
+from tests.service.helpers import bearer, error_of, model_row_without_training, notes_csv, rows_csv, upload
 
 CHUNK = 64 * 1024
 HOSTILE_BYTES = 40 * 1024 * 1024
@@ -305,46 +305,13 @@ def packaged_app(settings, database, api_log):
 @pytest.fixture(scope="module")
 def packaged_model(database, packaged_app, keys, organisation_id) -> str:
     """A model row trained (as far as the database says) from the packaged base model."""
-    from core.db.base import new_id, utcnow
-    from core.db.models import Job, JobKind, JobStatus, Model
     from ml.config import default_base_model
 
     dataset = upload(packaged_app, keys["trainer"], notes_csv(24, seed=1204)).json()["id"]
-    job = Job(
-        id=new_id(),
-        organisation_id=organisation_id,
-        kind=JobKind.finetune,
-        status=JobStatus.succeeded,
-        method="lora",
-        stage=1,
-        base_model=default_base_model(),
-        train_dataset_id=dataset,
-        hyperparameters={},
-        output_model_id=new_id(),
-        created_at=utcnow(),
+    _, model_id = model_row_without_training(
+        database, organisation_id, dataset, base_model=default_base_model()
     )
-    with database.transaction() as session:
-        session.add(job)
-        session.flush()
-        session.add(
-            Model(
-                id=job.output_model_id,
-                organisation_id=organisation_id,
-                job_id=job.id,
-                method="lora",
-                stage=1,
-                base_model=default_base_model(),
-                path=job.output_model_id,
-                train_dataset_id=dataset,
-                hyperparameters={},
-                data_summary={},
-                metrics={},
-                threshold=0.5,
-                manifest={},
-                created_at=utcnow(),
-            )
-        )
-    return job.output_model_id
+    return model_id
 
 
 def test_no_response_shows_the_packaged_base_models_path(packaged_app, packaged_model, keys):

@@ -11,29 +11,14 @@ from contextlib import contextmanager
 import pytest
 from sqlalchemy import event, text
 
-from tests.service.helpers import SMALL_JOB, default_organisation_id, notes_csv
+from tests.service.helpers import SMALL_JOB, default_organisation_id, registered_dataset
 
 QUICK = {**SMALL_JOB, "head_init": "random"}
 
 
 @pytest.fixture(scope="module")
 def dataset_id(database, settings, organisation_id) -> str:
-    from core.services.datasets import register_dataset
-
-    with database.transaction() as session:
-        dataset, _ = register_dataset(
-            session, settings, notes_csv(40, seed=501), "reaper.csv", organisation_id=organisation_id
-        )
-        return dataset.id
-
-
-@pytest.fixture
-def runtime(settings):
-    from worker.runtime import WorkerRuntime
-
-    runtime = WorkerRuntime(settings)
-    yield runtime
-    runtime.database.dispose()
+    return registered_dataset(database, settings, organisation_id, seed=501, name="reaper.csv")
 
 
 def new_job(database, dataset_id: str, **values):

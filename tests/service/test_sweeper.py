@@ -9,28 +9,13 @@ import time
 import pytest
 import sqlalchemy as sa
 
+from tests.service.helpers import registered_dataset
 from tests.service.test_reaper import new_job
 
 
 @pytest.fixture(scope="module")
 def dataset_id(database, settings, organisation_id) -> str:
-    from core.services.datasets import register_dataset
-    from tests.service.helpers import notes_csv
-
-    with database.transaction() as session:
-        dataset, _ = register_dataset(
-            session, settings, notes_csv(40, seed=701), "sweep.csv", organisation_id=organisation_id
-        )
-        return dataset.id
-
-
-@pytest.fixture
-def runtime(settings):
-    from worker.runtime import WorkerRuntime
-
-    runtime = WorkerRuntime(settings)
-    yield runtime
-    runtime.database.dispose()
+    return registered_dataset(database, settings, organisation_id, seed=701, name="sweep.csv")
 
 
 def model_dir(path) -> None:
