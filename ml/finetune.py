@@ -50,7 +50,7 @@ from ml.modeling import (
     resolve_base_model,
     trainable_parameter_count,
 )
-from ml.optim import WeightAverage, optimizer_for, training_uses_bf16
+from ml.optim import WeightAnchor, WeightAverage, optimizer_for, training_uses_bf16
 from ml.probe import fit_head_by_linear_probe
 from ml.report import forgetting_check
 from models_store.store import atomic_directory, read_manifest, write_manifest
@@ -100,6 +100,16 @@ class _Split:
 
 
 @dataclass
+class _ParentNotes:
+    """The parent's own training file, split as the parent split it."""
+
+    train: LabeledNotes
+    val: LabeledNotes
+    pooling: str
+    max_length: int
+
+
+@dataclass
 class _Prepared:
     """Everything a run needs before a model exists: the final config, the data, where to run."""
 
@@ -112,6 +122,8 @@ class _Prepared:
     device: torch.device
     parent: dict | None
     parent_dir: Path | None
+    parent_notes: _ParentNotes | None
+    rehearsal: dict | None
 
 
 @dataclass
@@ -169,19 +181,24 @@ def finetune(
         raise FileExistsError(f"{Path(out_dir).name} already exists: models are never overwritten")
     hooks = hooks or TrainHooks()
     hooks.phase("preparing data")
-    prepared = _prepare(train_csv, config, base_model, Path(parent_dir) if parent_dir else None)
+    prepared = _prepare(
+        train_csv, config, base_model, Path(parent_dir) if parent_dir else None, parent_train_csv
+    )
     model = _build_model(prepared)
     trained = _train(model, prepared, hooks)
     hooks.phase("assessing")
-    assessment = _assess(model, prepared, parent_train_csv)
+    assessment = _assess(model, prepared)
     manifest = build_manifest(model_id or uuid.uuid4().hex, prepared, trained, assessment)
     hooks.phase("saving")
     _save(model, prepared.tokenizer, manifest, Path(out_dir))
     return manifest
 
 
-def _prepare(train_csv, config: TrainConfig, base_model: str | None, parent_dir: Path | None) -> _Prepared:
-    """The final config (a continued fine-tune's from its parent), the checked data and its split."""
+def _prepare(
+    train_csv, config: TrainConfig, base_model: str | None, parent_dir: Path | None, parent_train_csv=None
+) -> _Prepared:
+    """The final config (a continued fine-tune's from its parent), the checked data and its split,
+    with the parent's rehearsed notes mixed into the training part."""
     parent = read_manifest(parent_dir) if parent_dir else None
     if parent is not None:
         config = TrainConfig.for_parent(parent, config.to_dict(), method=config.method)
@@ -193,11 +210,45 @@ def _prepare(train_csv, config: TrainConfig, base_model: str | None, parent_dir:
         train_csv, max_length=config.max_length, base_model=base_model, pooling=config.pooling
     )
     check_trainable(summary, config.min_rows)
-    split = _split(notes, config, tokenizer)
+    parent_notes = _parent_notes(parent, parent_train_csv) if parent and parent_train_csv is not None else None
+    train, val = split_for_training(notes, config)
+    train, rehearsal = _with_rehearsal(train, parent, parent_notes, config)
+    split = _encoded_split(train, val, config, tokenizer)
     total_steps = config.epochs * steps_per_epoch(len(split.train), config.batch_size)
     return _Prepared(
-        config, base_model, tokenizer, summary, split, total_steps, pick_device(), parent, parent_dir
-    )
+        config, base_model, tokenizer, summary, split, total_steps, pick_device(), parent, parent_dir,
+        parent_notes, rehearsal,
+    )  # fmt: skip
+
+
+def _parent_notes(parent: dict, parent_train_csv) -> _ParentNotes:
+    """The parent's training file (checked against its manifest), split exactly as the parent split it."""
+    notes, summary = inspect_csv(parent_train_csv, base_model=parent["base_model"])
+    if summary.sha256 != parent["data"]["sha256"]:
+        raise ConfigError("the parent's training file does not match the sha256 in the parent's manifest")
+    parent_config = TrainConfig.for_stage(parent["stage"], parent["method"], parent["hyperparameters"])
+    train, val = split_for_training(notes, parent_config)
+    return _ParentNotes(train, val, pooling_of(parent), parent_config.max_length)
+
+
+def _with_rehearsal(
+    train: LabeledNotes, parent: dict | None, parent_notes: _ParentNotes | None, config: TrainConfig
+) -> tuple[LabeledNotes, dict | None]:
+    """The training notes with a seeded sample of the parent's own TRAINING notes added (never its
+    validation notes: those judge forgetting). Returns the notes and what was mixed in."""
+    if parent is None:
+        return train, None
+    wanted = round(config.rehearsal * len(train))
+    if wanted == 0:
+        return train, {"notes": 0, "share": config.rehearsal}
+    if parent_notes is None:
+        reason = "the parent's training file is not available: trained on the new notes alone"
+        return train, {"notes": 0, "share": config.rehearsal, "skipped": reason}
+    rng = np.random.default_rng(config.seed)
+    chosen = np.sort(rng.permutation(len(parent_notes.train))[: min(wanted, len(parent_notes.train))])
+    replayed = parent_notes.train.subset(chosen)
+    mixed = LabeledNotes(train.texts + replayed.texts, np.concatenate([train.labels, replayed.labels]))
+    return mixed, {"notes": len(replayed), "share": config.rehearsal, "from_model": parent["id"]}
 
 
 def _build_model(prepared: _Prepared) -> torch.nn.Module:
@@ -223,6 +274,8 @@ def _train(model, prepared: _Prepared, hooks: TrainHooks) -> _Trained:
     ranks = None
     if prepared.config.method == "adalora":
         ranks = {"before": ranks_before, "after": adalora_ranks(model)}
+        if run.allocate_ranks:
+            ranks["final_from_step"] = run.ranks_final_at
     return _Trained(
         history=history,
         best_epoch=run.best_epoch,
@@ -249,7 +302,7 @@ def _head_start(model, prepared: _Prepared, hooks: TrainHooks) -> dict | None:
     )  # fmt: skip
 
 
-def _assess(model, prepared: _Prepared, parent_train_csv) -> _Assessment:
+def _assess(model, prepared: _Prepared) -> _Assessment:
     """Threshold and calibration on validation, and the comparisons with the base and the parent."""
     config, split, device, parent = prepared.config, prepared.split, prepared.device, prepared.parent
     pad_id = prepared.tokenizer.pad_token_id
@@ -263,8 +316,8 @@ def _assess(model, prepared: _Prepared, parent_train_csv) -> _Assessment:
     forgetting = None
     if parent is not None:
         comparison["parent_vs_fine_tuned"] = _parent_comparison(prepared, val_prob, threshold)
-        if parent_train_csv is not None:
-            forgetting = _forgetting_check(prepared, parent_train_csv, model, temperature, threshold)
+        if prepared.parent_notes is not None:
+            forgetting = _forgetting_check(prepared, model, temperature, threshold)
     return _Assessment(
         validation_metrics=metric_fns.binary_metrics(split.val.labels, val_prob, threshold),
         threshold=threshold,
@@ -288,7 +341,7 @@ def build_manifest(model_id: str, prepared: _Prepared, trained: _Trained, assess
         "method": config.method,
         "stage": config.stage,
         "hyperparameters": config.to_dict(),
-        "data": _data_record(prepared.summary, prepared.split),
+        "data": _data_record(prepared.summary, prepared.split, prepared.rehearsal),
         "seed": config.seed,
         "versions": _library_versions(),
         "device": str(prepared.device),
@@ -296,6 +349,7 @@ def build_manifest(model_id: str, prepared: _Prepared, trained: _Trained, assess
         "total_steps": prepared.total_steps,
         "steps_run": trained.steps_run,
         "trainable_parameters": trained.trainable_parameters,
+        "rehearsal": prepared.rehearsal,
         "linear_probe": trained.linear_probe,
         "best_epoch": trained.best_epoch,
         "epochs_run": len(trained.history),
@@ -326,6 +380,10 @@ class _TrainingRun:
         self.pad_id, self.total_steps = prepared.tokenizer.pad_token_id, prepared.total_steps
         # A continued AdaLoRA adapter is loaded already cut to its ranks: nothing to allocate.
         self.allocate_ranks = config.method == "adalora" and prepared.parent is None
+        # Until the ranks are final an epoch is neither kept nor counted towards early stopping, or the
+        # saved model would be LoRA with extra steps (ranks still at init_r).
+        self.ranks_final_at = self._ranks_final_step() if self.allocate_ranks else 0
+        self.anchor = WeightAnchor(model, config.l2sp) if config.l2sp > 0 else None
         self.global_step = 0
         self.best_score = -math.inf
         self.best_epoch = 0
@@ -348,21 +406,27 @@ class _TrainingRun:
                 lengths, self.config.batch_size, self.config.seed + epoch, self.config.group_by_length
             )
             mean_loss = self._train_epoch(epoch, batches)
+            eligible = self.global_step >= self.ranks_final_at
             with self._weights_to_keep():
                 val_metrics = self._validate()
                 score = val_metrics.get(self.config.metric)
-                improved = score is not None and score > self.best_score or not self.best_state
+                improved = eligible and (score is not None and score > self.best_score or not self.best_state)
                 if improved:
                     self._remember_best(epoch, score)
             history.append({"epoch": epoch, "train_loss": mean_loss, "validation": val_metrics})
             self._report("epoch_end", epoch, mean_loss, val_metrics)
-            if improved:
+            if improved or not eligible:
                 epochs_without_gain = 0
             else:
                 epochs_without_gain += 1
                 if epochs_without_gain >= self.config.patience:
                     break
         return history
+
+    def _ranks_final_step(self) -> int:
+        """The step after which AdaLoRA's rank budget no longer changes (total_step - tfinal)."""
+        peft_config = self.model.peft_config["default"]
+        return peft_config.total_step - peft_config.tfinal
 
     def _weights_to_keep(self):
         """The weights that are validated and saved: the moving average when there is one."""
@@ -406,6 +470,8 @@ class _TrainingRun:
             outputs = self.model(**batch, labels=labels if self.config.method == "adalora" else None)
         logits = outputs.logits.float()
         loss = F.cross_entropy(logits, labels, weight=self.weights)
+        if self.anchor is not None:
+            loss = loss + self.anchor.penalty()
         if self.config.method == "adalora":
             # PEFT adds AdaLoRA's orthogonal regulariser to outputs.loss only (the model's own
             # unweighted cross-entropy); keep exactly that term on top of our weighted loss.
@@ -460,8 +526,7 @@ def split_for_training(notes: LabeledNotes, config: TrainConfig) -> tuple[Labele
     return notes.subset(train_idx), notes.subset(val_idx)
 
 
-def _split(notes: LabeledNotes, config: TrainConfig, tokenizer) -> _Split:
-    train, val = split_for_training(notes, config)
+def _encoded_split(train: LabeledNotes, val: LabeledNotes, config: TrainConfig, tokenizer) -> _Split:
     return _Split(
         train,
         val,
@@ -495,16 +560,12 @@ def _parent_comparison(prepared: _Prepared, tuned_prob, threshold: float) -> dic
     return forgetting_check(val.labels, parent_prob, tuned_prob, parent["threshold"], threshold)
 
 
-def _forgetting_check(prepared: _Prepared, parent_train_csv, model, temperature: float, threshold: float):
+def _forgetting_check(prepared: _Prepared, model, temperature: float, threshold: float):
     """Parent vs this model on the parent's own validation split: what did the second fine-tune cost?"""
-    parent, tokenizer = prepared.parent, prepared.tokenizer
-    notes, summary = inspect_csv(parent_train_csv, base_model=parent["base_model"])
-    if summary.sha256 != parent["data"]["sha256"]:
-        raise ConfigError("the parent's training file does not match the sha256 in the parent's manifest")
-    parent_config = TrainConfig.for_stage(parent["stage"], parent["method"], parent["hyperparameters"])
-    _, parent_val = split_for_training(notes, parent_config)
+    parent, tokenizer, parent_notes = prepared.parent, prepared.tokenizer, prepared.parent_notes
+    parent_val = parent_notes.val
     parent_prob = _parent_probabilities(prepared, parent_val.texts)
-    ids = encode(tokenizer, parent_val.texts, parent_config.max_length, pooling_of(parent))
+    ids = encode(tokenizer, parent_val.texts, parent_notes.max_length, parent_notes.pooling)
     second_prob = metric_fns.softmax_probability(
         predict_logits(model, ids, tokenizer.pad_token_id, 64, prepared.device), temperature
     )
@@ -518,14 +579,18 @@ def _parent_probabilities(prepared: _Prepared, texts: list[str]) -> np.ndarray:
     return metric_fns.softmax_probability(logits, parent.get("temperature", 1.0))
 
 
-def _data_record(summary: DatasetSummary, split: _Split) -> dict:
+def _data_record(summary: DatasetSummary, split: _Split, rehearsal: dict | None) -> dict:
+    """The uploaded file's split; rehearsed parent notes (appended after the new ones) are counted apart."""
+    replayed = (rehearsal or {}).get("notes", 0)
+    new_train_labels = split.train.labels[: len(split.train) - replayed]
     return {
         **summary.to_dict(),
-        "train_rows": len(split.train),
+        "train_rows": int(new_train_labels.size),
         "validation_rows": len(split.val),
+        "rehearsed_rows": replayed,
         "train_class_counts": {
-            "0": int((split.train.labels == 0).sum()),
-            "1": int((split.train.labels == 1).sum()),
+            "0": int((new_train_labels == 0).sum()),
+            "1": int((new_train_labels == 1).sum()),
         },
         "validation_class_counts": {
             "0": int((split.val.labels == 0).sum()),

@@ -119,6 +119,25 @@ class WeightAverage:
             _copy_into(self.params, own)
 
 
+class WeightAnchor:
+    """L2-SP (Li et al., ICML 2018): strength/2 * squared distance of the trainable weights from where
+    the run started (the parent's, or the pretrained ones), so a small new data set moves the model
+    only as far as it must. The classifier head is left free: LP-FT refits it, and a new head has no
+    meaningful starting point.
+    """
+
+    def __init__(self, model: torch.nn.Module, strength: float):
+        self.strength = strength
+        self.params = [
+            p for name, p in model.named_parameters() if p.requires_grad and "classifier" not in name
+        ]
+        self.start = [p.detach().clone() for p in self.params]
+
+    def penalty(self) -> torch.Tensor:
+        squared = sum((p.float() - start.float()).pow(2).sum() for p, start in zip(self.params, self.start))
+        return 0.5 * self.strength * squared
+
+
 @torch.no_grad()
 def _copy_into(targets: list[torch.Tensor], sources: list[torch.Tensor]) -> None:
     for target, source in zip(targets, sources, strict=True):
