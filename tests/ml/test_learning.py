@@ -1,0 +1,92 @@
+"""Training learns, not only runs: each method and stage, at the stage's default learning rate and
+warm-up (fewer epochs only), in fp32 and in bf16, on notes whose signal only that stage sees.
+
+The first stage's notes carry the outcome in one word pair ("alpha" / "beta"), the second stage's in
+another ("gamma" / "delta") that the first stage never saw, so the parent ranks the second stage's
+notes no better than chance and only training on them can lift the AUC. The second stage runs without
+its head refit, so the adapter or encoder (not a logistic regression on frozen features) must do it.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from ml.config import TrainConfig
+from ml.finetune import TrainHooks, finetune
+from ml.vocabulary import METHODS
+from models_store.store import read_manifest
+
+FILLER = ("patient seen in clinic", "follow up arranged", "labs reviewed", "imaging reviewed", "plan discussed")
+
+
+def marker_notes(n: int, words: tuple[str, str], seed: int) -> bytes:
+    """Notes whose label is which of two marker words they mention, among shared filler."""
+    rng = random.Random(seed)
+    rows = ["Text,label"]
+    for index in range(n):
+        label = index % 2
+        filler = rng.sample(FILLER, 2)
+        rows.append(f"{filler[0]} . marker {words[label]} noted . {filler[1]} .,{label}")
+    return ("\n".join(rows) + "\n").encode()
+
+
+FIRST_NOTES = marker_notes(80, ("alpha", "beta"), seed=1)
+SECOND_NOTES = marker_notes(80, ("gamma", "delta"), seed=2)
+# Fewer epochs than the stage defaults; everything else (learning rate, warm-up capped at half the
+# run, pooling, head start) is the stage's default.
+FEW_EPOCHS = {"epochs": 4, "max_length": 32}
+
+
+class Recorder(TrainHooks):
+    def __init__(self):
+        super().__init__(on_progress=self.record)
+        self.losses, self.aucs = [], []
+
+    def record(self, progress) -> None:
+        if progress.event == "epoch_end":
+            self.losses.append(progress.loss)
+            self.aucs.append(progress.metrics["roc_auc"])
+
+
+def adapter_tensors(model_dir) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    name = "adapter_model.safetensors" if (model_dir / "adapter_model.safetensors").exists() else "model.safetensors"
+    return {key: value for key, value in load_file(model_dir / name).items() if "classifier" not in key}
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("method", METHODS)
+def test_each_stage_learns_the_signal_only_it_sees(method, precision, tiny_bert, tmp_path):
+    first_hooks, second_hooks = Recorder(), Recorder()
+    first = finetune(
+        FIRST_NOTES,
+        TrainConfig.for_stage(1, method, {**FEW_EPOCHS, "precision": precision}),
+        tmp_path / "first",
+        base_model=tiny_bert,
+        hooks=first_hooks,
+    )
+    assert first["comparison"]["fine_tuned"]["roc_auc"] > first["comparison"]["base_untrained"]["roc_auc"] + 0.3
+    second_config = TrainConfig.for_parent(first, {**FEW_EPOCHS, "precision": precision, "refit_head": False})
+    assert second_config.lr == TrainConfig.for_stage(2, method).lr
+    second = finetune(
+        SECOND_NOTES,
+        second_config,
+        tmp_path / "second",
+        parent_dir=tmp_path / "first",
+        parent_train_csv=FIRST_NOTES,
+        hooks=second_hooks,
+    )
+    parent_auc = second["comparison"]["parent_vs_fine_tuned"]["parent"]["roc_auc"]
+    assert parent_auc < 0.75, "the parent must not already know the second stage's signal"
+    assert second["validation_metrics"]["roc_auc"] > parent_auc + 0.2
+    assert second_hooks.losses[-1] < second_hooks.losses[0]
+    assert second["trainable_parameters"] > 0
+    before, after = adapter_tensors(tmp_path / "first"), adapter_tensors(tmp_path / "second")
+    moved = max(float((after[key].float() - before[key].float()).abs().max()) for key in before if key in after)
+    assert moved > 1e-4, "the encoder or adapter weights must move from the parent's"
+    assert second["training_precision"] == ("bf16 autocast" if precision == "bf16" else "fp32")
