@@ -170,6 +170,14 @@ def _add_evaluate(commands) -> None:
     evaluate.add_argument("--base-model", help="base model for --base (default: the models' base or MiniLM)")
     evaluate.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples for the CIs")
     evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument(
+        "--subgroup",
+        action="append",
+        default=[],
+        metavar="COLUMN",
+        help="an extra categorical column of the test CSV to report performance by (repeat; note length "
+        "is always reported)",
+    )
     evaluate.set_defaults(func=run_evaluate)
 
 
@@ -187,6 +195,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         base_model=base_model,
         n_resamples=args.resamples,
         seed=args.seed,
+        subgroup_columns=args.subgroup,
     )
     _print_json(report)
     return 0

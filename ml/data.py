@@ -12,7 +12,7 @@ import io
 import math
 import random
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -20,10 +20,15 @@ import numpy as np
 import torch
 
 from ml.errors import UserError
-from ml.vocabulary import DEFAULT_MAX_LENGTH, DEFAULT_POOLING
+from ml.vocabulary import DEFAULT_MAX_LENGTH, DEFAULT_POOLING, MAX_SUBGROUP_COLUMNS, MAX_SUBGROUP_VALUES
 
 REQUIRED_COLUMNS = ("Text", "label")
 ROWS_SHOWN = 10
+# Row numbers of truncated notes kept in a summary (the count is always complete).
+TRUNCATED_ROWS_SHOWN = 50
+# A subgroup value is a category ("ICU", "F"): longer cells are cut so the report stays a table.
+MAX_GROUP_VALUE_CHARS = 40
+BLANK_GROUP = "(blank)"
 csv.field_size_limit(10 * 1024 * 1024)
 
 
@@ -58,6 +63,7 @@ class DatasetSummary:
     conflicting_duplicates: int = 0
     truncated_at_max_length: int = 0
     max_length: int = DEFAULT_MAX_LENGTH
+    truncated_rows: list[int] = field(default_factory=list)  # the first TRUNCATED_ROWS_SHOWN
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -196,6 +202,75 @@ def parse_text_csv(raw: bytes) -> list[str]:
     return texts
 
 
+def read_group_columns(source: bytes | Path | str, columns: Sequence[str]) -> dict[str, list[str]]:
+    """Each named extra column's value per data row, in the order of parse_labeled_csv's notes (the
+    same reader skips the same blank lines). Text and label are validated there, not here; this only
+    reads categories to group the notes by: stripped, cut to MAX_GROUP_VALUE_CHARS, blank as BLANK_GROUP.
+    """
+    _check_group_request(columns)
+    raw = source if isinstance(source, bytes) else Path(source).read_bytes()
+    records = _records(_decode(raw))
+    names = [cell.strip().lower() for cell in next(records, None) or []]
+    positions = {column: _group_column_position(names, column) for column in columns}
+    values: dict[str, list[str]] = {column: [] for column in columns}
+    for row in records:
+        for column, position in positions.items():
+            values[column].append(_group_value(row[position] if position < len(row) else ""))
+    for column, cells in values.items():
+        _check_group_count(column, len(set(cells)))
+    return values
+
+
+def _check_group_request(columns: Sequence[str]) -> None:
+    if len(columns) > MAX_SUBGROUP_COLUMNS:
+        raise DataValidationError(
+            "too_many_subgroup_columns",
+            f"an evaluation may group by at most {MAX_SUBGROUP_COLUMNS} columns, got {len(columns)}",
+            {"limit": MAX_SUBGROUP_COLUMNS},
+        )
+    folded = [column.strip().lower() for column in columns]
+    if len(set(folded)) != len(folded):
+        raise DataValidationError("duplicate_subgroup_column", "a subgroup column is named twice")
+
+
+def _shown_column(column: str) -> str:
+    return column.strip()[:MAX_GROUP_VALUE_CHARS]
+
+
+def _group_column_position(names: list[str], column: str) -> int:
+    key = column.strip().lower()
+    if key in (name.lower() for name in REQUIRED_COLUMNS):
+        raise DataValidationError(
+            "reserved_subgroup_column",
+            f"cannot group by column {_shown_column(column)!r}: Text and label are not categories",
+            {"column": _shown_column(column)},
+        )
+    if key not in names:
+        raise DataValidationError(
+            "missing_subgroup_column",
+            f"the test CSV has no column {_shown_column(column)!r} to group the notes by",
+            {"column": _shown_column(column)},
+        )
+    return names.index(key)
+
+
+def _group_value(cell: str) -> str:
+    value = " ".join(cell.split())
+    if not value:
+        return BLANK_GROUP
+    return value if len(value) <= MAX_GROUP_VALUE_CHARS else value[: MAX_GROUP_VALUE_CHARS - 1] + "…"
+
+
+def _check_group_count(column: str, count: int) -> None:
+    if count > MAX_SUBGROUP_VALUES:
+        raise DataValidationError(
+            "too_many_subgroup_values",
+            f"column {_shown_column(column)!r} has {count} distinct values; a subgroup column may have at "
+            f"most {MAX_SUBGROUP_VALUES}",
+            {"column": _shown_column(column), "values": count, "limit": MAX_SUBGROUP_VALUES},
+        )
+
+
 def summarize(
     notes: LabeledNotes, raw: bytes, tokenizer, max_length: int, pooling: str = DEFAULT_POOLING
 ) -> DatasetSummary:
@@ -218,6 +293,9 @@ def summarize(
         conflicting_duplicates=conflicting,
         truncated_at_max_length=int(sum(length > max_length for length in lengths)),
         max_length=max_length,
+        truncated_rows=[row for row, length in enumerate(lengths, start=1) if length > max_length][
+            :TRUNCATED_ROWS_SHOWN
+        ],
     )
 
 

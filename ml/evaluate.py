@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hashlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ml.data import inspect_csv
+from ml.data import DatasetSummary, LabeledNotes, inspect_csv, read_group_columns
 from ml.errors import Cancelled, UserError
 from ml.model_cache import ModelCache
 from ml.modeling import resolve_base_model
-from ml.report import ModelOutput, evaluate_outputs
-from ml.vocabulary import MAX_MODELS
+from ml.report import Grouping, ModelOutput, column_grouping, evaluate_outputs, note_length_grouping
+from ml.vocabulary import DEFAULT_POOLING, MAX_MODELS
+from models_store.store import WEIGHTS_HASHED, weights_sha256
 
 
 @dataclass(frozen=True)
@@ -65,21 +67,72 @@ def evaluate_models(
     n_resamples: int = 1000,
     seed: int = 0,
     hooks: EvaluationHooks | None = None,
+    subgroup_columns: Sequence[str] = (),
 ) -> tuple[dict, dict[str, np.ndarray]]:
-    """(report, arrays): the JSON report, and y_true plus each model's probabilities for plots."""
+    """(report, arrays): the JSON report, and y_true plus each model's probabilities for plots.
+
+    The report's subgroups are always by note length and also by each of `subgroup_columns`, extra
+    categorical columns of the test CSV."""
     if not 1 <= len(models) <= MAX_MODELS:
         raise UserError(f"an evaluation compares 1 to {MAX_MODELS} models, got {len(models)}")
     names = [model.name for model in models]
     if len(set(names)) != len(names):
         raise UserError("model names in one evaluation must be unique")
     base_model = resolve_base_model(base_model)
-    notes, summary = inspect_csv(test_csv, base_model=base_model)
+    raw = test_csv if isinstance(test_csv, bytes) else Path(test_csv).read_bytes()
+    notes, summary = inspect_csv(raw, base_model=base_model)
+    # Read before scoring, so a missing or unusable column fails fast.
+    groupings = subgroup_groupings(raw, notes, subgroup_columns)
     outputs = score_models(notes.texts, models, cache=cache, base_model=base_model, hooks=hooks)
-    report = evaluate_outputs(notes.labels, outputs, n_resamples=n_resamples, seed=seed)
+    report = evaluate_outputs(notes.labels, outputs, n_resamples=n_resamples, seed=seed, groupings=groupings)
     report["data"] = summary.to_dict()
+    report["data_checks"] = data_checks(summary)
+    report["base_model_weights"] = model_weights(None, base_model)
     for entry, model in zip(report["models"], models, strict=True):
         entry["threshold_source"] = "stored" if model.threshold is None else "request"
+        entry["weights"] = model_weights(model.model_dir, base_model)
     return report, plot_arrays(notes.labels, outputs)
+
+
+def subgroup_groupings(raw: bytes, notes: LabeledNotes, columns: Sequence[str]) -> list[Grouping]:
+    """Note length tertiles (in characters: the same for every model, whatever its tokenizer), then
+    each requested column."""
+    groupings = [note_length_grouping([len(text) for text in notes.texts])]
+    if columns:
+        values = read_group_columns(raw, columns)
+        groupings += [column_grouping(column, values[column]) for column in columns]
+    return groupings
+
+
+def data_checks(summary: DatasetSummary) -> dict:
+    """The notes a reviewer should know about, by row number: truncated notes, and empty ones."""
+    unit = "tokens of a note's longest sentence" if DEFAULT_POOLING == "sentences" else "tokens per note"
+    return {
+        "truncated": {
+            "count": summary.truncated_at_max_length,
+            "rows": summary.truncated_rows,
+            "rows_listed": f"the first {len(summary.truncated_rows)} of {summary.truncated_at_max_length}",
+            "max_length": summary.max_length,
+            "measured_in": f"{unit} ({DEFAULT_POOLING} pooling)",
+        },
+        "empty_notes": {
+            "count": 0,
+            "note": "a test CSV with an empty note is refused when it is read (error empty_text)",
+        },
+    }
+
+
+def model_weights(model_dir: Path | None, base_model: str) -> dict:
+    """Which weights were scored: a sha256 of the model directory's weight files, or for the base model
+    (model_dir None) of its checkpoint's; a base model that is no local directory is hashed by name."""
+    directory = Path(model_dir) if model_dir is not None else Path(base_model)
+    digest = weights_sha256(directory) if directory.is_dir() else None
+    if digest is not None:
+        return {"sha256": digest, "hashed": WEIGHTS_HASHED}
+    if model_dir is None:
+        name_digest = hashlib.sha256(base_model.encode("utf-8")).hexdigest()
+        return {"sha256": name_digest, "hashed": "sha256 of the base model's name (no local weight files)"}
+    return {"sha256": None, "hashed": "no weight files found in the model directory"}
 
 
 def plot_arrays(labels: np.ndarray, outputs: list[ModelOutput]) -> dict[str, np.ndarray]:

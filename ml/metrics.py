@@ -3,9 +3,10 @@
 Labels: 1 = died (the positive class), 0 = survived. A note is predicted positive iff prob >= threshold.
 Everything returned is JSON-serialisable: undefined values are None with a reason, never NaN or inf.
 
-The metric arithmetic lives in two batched functions (`ranking_metrics_batch`, `threshold_metrics_batch`)
-that work on a (resamples, n) matrix of probabilities; `binary_metrics` runs them on a single row, so the
-point estimates and the bootstrap in `ml.stats` can never disagree.
+The metric arithmetic lives in batched functions (`ranking_metrics_batch`, `threshold_metrics_batch`,
+`calibration_batch`) that work on a (resamples, n) matrix of probabilities; `binary_metrics` and
+`calibration_fit` run them on a single row, so the point estimates and the bootstrap in `ml.stats` can
+never disagree.
 """
 
 from __future__ import annotations
@@ -31,8 +32,16 @@ METRIC_NAMES = (
     "brier",
     "ece",
 )
+# Calibration intercept (calibration-in-the-large) and slope: a logistic regression of the labels on
+# logit(p), as TRIPOD+AI asks next to the Brier score and ECE.
+CALIBRATION_NAMES = ("calibration_intercept", "calibration_slope")
 TEMPERATURE_BOUNDS = (0.05, 20.0)
 DEFAULT_ECE_BINS = 10
+# Probabilities are clipped before the logit, so a score of exactly 0 or 1 stays finite.
+CALIBRATION_CLIP = 1e-6
+# Threshold probabilities of the decision curve: 0.05 to 0.50 in steps of 0.05 (the range a mortality
+# triage would use; fixed for now, not a request option).
+DECISION_THRESHOLDS = tuple(round(0.05 * step, 2) for step in range(1, 11))
 
 ONE_CLASS_REASON = "only one class in the labels"
 _UNDEFINED_REASONS = {
@@ -44,6 +53,12 @@ _UNDEFINED_REASONS = {
     "roc_auc": ONE_CLASS_REASON,
     "pr_auc": ONE_CLASS_REASON,
 }
+CONSTANT_SCORES_REASON = "every note has the same probability, so the slope is undefined"
+NO_FIT_REASON = "the logistic fit does not converge (the scores separate the classes perfectly)"
+# Newton steps of the calibration fits: a fit that has not settled by then has no finite optimum.
+_NEWTON_STEPS = 50
+_NEWTON_HALVINGS = 30
+_NEWTON_TOLERANCE = 1e-9
 # Each part matches in one way only, so a long run of digits cannot make the match backtrack.
 _SENSITIVITY_MODE = re.compile(r"^sensitivity>=((?:[0-9]+(?:\.[0-9]+)?|\.[0-9]+)(?:e-?[0-9]+)?)$")
 # Counts computed as k/n can land a hair below the target (0.7 vs 7/10 in binary); never pick a lower
@@ -184,6 +199,98 @@ def _ece_batch(y_true: np.ndarray, prob_matrix: np.ndarray, n_bins: int) -> np.n
     return gaps.sum(axis=1) / n
 
 
+def calibration_batch(y_true: np.ndarray, prob_matrix: np.ndarray) -> dict[str, np.ndarray]:
+    """Calibration intercept and slope per row of `prob_matrix` (NaN where undefined), unpenalised.
+
+    Slope: the coefficient of logit(p) in a logistic regression of y on logit(p) (1 = well spread).
+    Intercept: calibration-in-the-large, the intercept of a logistic regression of y with logit(p) as an
+    offset (0 = on average neither too high nor too low).
+    """
+    rows = prob_matrix.shape[0]
+    n_pos = int(y_true.sum())
+    if n_pos == 0 or n_pos == y_true.size:
+        return {name: np.full(rows, np.nan) for name in CALIBRATION_NAMES}
+    clipped = np.clip(prob_matrix, CALIBRATION_CLIP, 1 - CALIBRATION_CLIP)
+    logit = np.log(clipped) - np.log1p(-clipped)
+    intercept, _ = _fit_logistic(y_true, logit, with_slope=False)
+    _, slope = _fit_logistic(y_true, logit, with_slope=True)
+    return {"calibration_intercept": intercept, "calibration_slope": slope}
+
+
+def _fit_logistic(y_true: np.ndarray, x: np.ndarray, *, with_slope: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Maximum likelihood (a, b) of P(y = 1) = sigmoid(a + b * x) per row, b fixed at 1 without a slope.
+
+    Newton's method from (0, 1), the perfectly calibrated answer, halving a step until the likelihood
+    does not fall (the likelihood is concave, so this converges whenever a finite optimum exists). Rows
+    that do not settle (separated classes, equal scores) are NaN.
+    """
+    rows = x.shape[0]
+    intercept, slope = np.zeros(rows), np.ones(rows)
+    settled = np.zeros(rows, dtype=bool)
+    failed = np.zeros(rows, dtype=bool)
+    likelihood = _log_likelihood(y_true, x, intercept, slope)
+    for _ in range(_NEWTON_STEPS):
+        step_a, step_b = _newton_step(y_true, x, intercept, slope, with_slope)
+        failed |= ~(np.isfinite(step_a) & np.isfinite(step_b))
+        active = ~(settled | failed)
+        step_a, step_b = np.where(active, step_a, 0.0), np.where(active, step_b, 0.0)
+        scale = np.ones(rows)
+        for _ in range(_NEWTON_HALVINGS):
+            trial = _log_likelihood(y_true, x, intercept + scale * step_a, slope + scale * step_b)
+            worse = ~(trial >= likelihood - 1e-12 * np.abs(likelihood))
+            if not worse.any():
+                break
+            scale = np.where(worse, scale / 2, scale)
+        else:
+            trial = _log_likelihood(y_true, x, intercept + scale * step_a, slope + scale * step_b)
+        intercept, slope, likelihood = intercept + scale * step_a, slope + scale * step_b, trial
+        settled |= active & (np.maximum(np.abs(scale * step_a), np.abs(scale * step_b)) < _NEWTON_TOLERANCE)
+        if (settled | failed).all():
+            break
+    undefined = ~settled | failed
+    return np.where(undefined, np.nan, intercept), np.where(undefined, np.nan, slope)
+
+
+def _newton_step(
+    y_true: np.ndarray, x: np.ndarray, intercept: np.ndarray, slope: np.ndarray, with_slope: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """The Newton step (gradient solved against the Hessian) per row; non-finite where it is singular."""
+    fitted = expit(intercept[:, None] + slope[:, None] * x)
+    residual = y_true - fitted
+    weight = fitted * (1 - fitted)
+    grad_a, hess_aa = residual.sum(axis=1), weight.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if not with_slope:
+            return grad_a / hess_aa, np.zeros_like(grad_a)
+        grad_b = (residual * x).sum(axis=1)
+        hess_ab, hess_bb = (weight * x).sum(axis=1), (weight * x * x).sum(axis=1)
+        determinant = hess_aa * hess_bb - hess_ab**2
+        # A determinant this small against its terms means equal scores: the slope is not identified.
+        singular = determinant <= 1e-12 * hess_aa * hess_bb
+        determinant = np.where(singular, np.nan, determinant)
+        return (hess_bb * grad_a - hess_ab * grad_b) / determinant, (
+            hess_aa * grad_b - hess_ab * grad_a
+        ) / determinant
+
+
+def _log_likelihood(
+    y_true: np.ndarray, x: np.ndarray, intercept: np.ndarray, slope: np.ndarray
+) -> np.ndarray:
+    linear = intercept[:, None] + slope[:, None] * x
+    return np.sum(y_true * linear - np.logaddexp(0.0, linear), axis=1)
+
+
+def net_benefit_batch(y_true: np.ndarray, prob_matrix: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """Net benefit (Vickers & Elkin 2006) per row and threshold probability pt, shape (rows, thresholds):
+    TP/n - FP/n * pt / (1 - pt), a note counted positive iff its probability >= pt."""
+    positive = y_true.astype(bool)
+    predicted = prob_matrix[:, None, :] >= thresholds[None, :, None]
+    tp = np.count_nonzero(predicted & positive, axis=2)
+    fp = np.count_nonzero(predicted & ~positive, axis=2)
+    n = y_true.size
+    return tp / n - fp / n * thresholds / (1 - thresholds)
+
+
 # ------------------------------------------------------------------------------------- single-sample API
 
 
@@ -217,6 +324,36 @@ def expected_calibration_error(y_true, prob, n_bins: int = DEFAULT_ECE_BINS) -> 
     labels = as_labels(y_true)
     probs = as_probabilities(prob, labels.size)
     return float(_ece_batch(labels, probs[None, :], n_bins)[0])
+
+
+def calibration_fit(y_true, prob) -> dict:
+    """Calibration intercept and slope (see calibration_batch), None with a reason where undefined."""
+    labels = as_labels(y_true)
+    probs = as_probabilities(prob, labels.size)
+    values = calibration_batch(labels, probs[None, :])
+    result: dict = {name: to_json_number(values[name][0]) for name in CALIBRATION_NAMES}
+    result["undefined"] = {
+        name: _calibration_reason(labels, probs, name) for name in CALIBRATION_NAMES if result[name] is None
+    }
+    return result
+
+
+def _calibration_reason(labels: np.ndarray, probs: np.ndarray, name: str) -> str:
+    if labels.min() == labels.max():
+        return ONE_CLASS_REASON
+    if name == "calibration_slope" and np.ptp(np.clip(probs, CALIBRATION_CLIP, 1 - CALIBRATION_CLIP)) == 0:
+        return CONSTANT_SCORES_REASON
+    return NO_FIT_REASON
+
+
+def net_benefit(y_true, prob, thresholds=DECISION_THRESHOLDS) -> list[float]:
+    """Net benefit of acting on the notes with probability >= pt, for each threshold probability pt."""
+    labels = as_labels(y_true)
+    probs = as_probabilities(prob, labels.size)
+    points = np.asarray([as_threshold(value) for value in thresholds], dtype=float)
+    if points.size and points.max() >= 1:
+        raise ValueError("a decision-curve threshold probability must be below 1")
+    return [float(value) for value in net_benefit_batch(labels, probs[None, :], points)[0]]
 
 
 # ----------------------------------------------------------------------------------------- thresholds
@@ -337,12 +474,16 @@ def fit_temperature(logits, y_true) -> float:
 
 
 def calibration_report(y_true, logits, temperature) -> dict:
-    """Brier score and ECE before (T = 1) and after temperature scaling."""
+    """Brier score, ECE and calibration intercept and slope before (T = 1) and after temperature scaling."""
     labels = as_labels(y_true)
 
     def summary(t: float) -> dict:
-        probs = softmax_probability(logits, t)
-        scores = ranking_metrics_batch(labels, as_probabilities(probs, labels.size)[None, :])
-        return {"brier": to_json_number(scores["brier"][0]), "ece": to_json_number(scores["ece"][0])}
+        probs = as_probabilities(softmax_probability(logits, t), labels.size)
+        scores = ranking_metrics_batch(labels, probs[None, :])
+        return {
+            "brier": to_json_number(scores["brier"][0]),
+            "ece": to_json_number(scores["ece"][0]),
+            **calibration_fit(labels, probs),
+        }
 
     return {"before": summary(1.0), "after": summary(float(temperature)), "temperature": float(temperature)}

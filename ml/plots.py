@@ -1,4 +1,4 @@
-"""PNG plots of an evaluation: ROC, precision-recall, confusion matrices, calibration.
+"""PNG plots of an evaluation: ROC, precision-recall, confusion matrices, calibration, decision curve.
 
 Each call builds its own matplotlib Figure on an Agg canvas and never touches pyplot, so nothing leaks
 between calls or threads.
@@ -17,11 +17,13 @@ from matplotlib.figure import Figure
 
 from ml.errors import UserError
 from ml.metrics import (
+    DECISION_THRESHOLDS,
     DEFAULT_ECE_BINS,
     ONE_CLASS_REASON,
     as_labels,
     as_probabilities,
     binary_metrics,
+    net_benefit,
     roc_points,
 )
 from ml.report import ModelOutput
@@ -187,7 +189,34 @@ def _draw_calibration(figure: Figure, labels: np.ndarray, outputs: list[ModelOut
     count_axes.grid(alpha=0.3)
 
 
-_DRAWERS = {"roc": _draw_roc, "pr": _draw_pr, "confusion": _draw_confusion, "calibration": _draw_calibration}
+def _draw_decision_curve(figure: Figure, labels: np.ndarray, outputs: list[ModelOutput]) -> None:
+    axes = figure.add_subplot()
+    thresholds = list(DECISION_THRESHOLDS)
+    prevalence = float(labels.mean())
+    treat_all = net_benefit(labels, np.ones(labels.size), thresholds)
+    axes.plot(thresholds, treat_all, linestyle="--", color="grey", label="treat all")
+    axes.axhline(0.0, linestyle=":", color="black", label="treat none")
+    curves = [net_benefit(labels, output.prob, thresholds) for output in outputs]
+    for index, (output, curve) in enumerate(zip(outputs, curves, strict=True)):
+        axes.plot(thresholds, curve, marker="o", color=_colour(index), label=_short(output.name))
+    # Treat all falls steeply below zero at high thresholds; a little below zero is all that matters.
+    top = max(prevalence, *(max(curve) for curve in curves)) * 1.1 + 0.01
+    axes.set_ylim(-0.1 * top - 0.01, top)
+    axes.set_xlim(0, thresholds[-1] + 0.02)
+    axes.set_xlabel("Threshold probability of death (pt)")
+    axes.set_ylabel("Net benefit (TP/n - FP/n * pt / (1 - pt))")
+    axes.set_title(f"Decision curve (n={labels.size}, died={int(labels.sum())})")
+    axes.grid(alpha=0.3)
+    axes.legend(loc="best")
+
+
+_DRAWERS = {
+    "roc": _draw_roc,
+    "pr": _draw_pr,
+    "confusion": _draw_confusion,
+    "calibration": _draw_calibration,
+    "decision_curve": _draw_decision_curve,
+}
 
 
 def _check_inputs(kind: str, labels: np.ndarray, outputs: list[ModelOutput], width_px: int, height_px: int):

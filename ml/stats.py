@@ -16,12 +16,14 @@ import numpy as np
 from scipy.stats import binom, chi2, norm, rankdata
 
 from ml.metrics import (
+    CALIBRATION_NAMES,
     METRIC_NAMES,
     ONE_CLASS_REASON,
     as_labels,
     as_probabilities,
     as_threshold,
     binary_metrics,
+    calibration_batch,
     ranking_metrics_batch,
     threshold_metrics_batch,
     to_json_number,
@@ -90,16 +92,43 @@ def metric_samples(
     `indices` must be stratified resamples of `labels` (stratified_bootstrap_indices or
     BootstrapResamples): the labels are not re-indexed.
     """
-    if isinstance(indices, BootstrapResamples):
-        n_resamples, blocks = indices.n_resamples, indices.blocks()
-    else:
-        n_resamples, blocks = indices.shape[0], iter([(0, indices)])
+    n_resamples, blocks = _computed_blocks(labels, indices)
     samples = [{name: np.empty(n_resamples) for name in METRIC_NAMES} for _ in thresholds]
-    rows = max(1, min(_BLOCK_ROWS, _BLOCK_CELLS // max(1, labels.size)))
-    for first, drawn in blocks:
-        for offset in range(0, drawn.shape[0], rows):
-            _fill_block(samples, labels, probs, thresholds, drawn[offset : offset + rows], first + offset)
+    for first, block in blocks:
+        _fill_block(samples, labels, probs, thresholds, block, first)
     return samples
+
+
+def calibration_samples(
+    labels: np.ndarray, probs: np.ndarray, indices: np.ndarray | BootstrapResamples
+) -> dict[str, np.ndarray]:
+    """Calibration intercept and slope in every resample (NaN where undefined); `indices` as in
+    metric_samples, so a report's calibration CIs come from the same resamples as its other CIs."""
+    n_resamples, blocks = _computed_blocks(labels, indices)
+    samples = {name: np.empty(n_resamples) for name in CALIBRATION_NAMES}
+    for first, block in blocks:
+        values = calibration_batch(labels, probs[block])
+        for name in CALIBRATION_NAMES:
+            samples[name][first : first + block.shape[0]] = values[name]
+    return samples
+
+
+def _computed_blocks(
+    labels: np.ndarray, indices: np.ndarray | BootstrapResamples
+) -> tuple[int, Iterator[tuple[int, np.ndarray]]]:
+    """(resample count, (first resample number, indices) per block small enough to compute at once)."""
+    if isinstance(indices, BootstrapResamples):
+        n_resamples, drawn_blocks = indices.n_resamples, indices.blocks()
+    else:
+        n_resamples, drawn_blocks = indices.shape[0], iter([(0, indices)])
+    rows = max(1, min(_BLOCK_ROWS, _BLOCK_CELLS // max(1, labels.size)))
+
+    def blocks() -> Iterator[tuple[int, np.ndarray]]:
+        for first, drawn in drawn_blocks:
+            for offset in range(0, drawn.shape[0], rows):
+                yield first + offset, drawn[offset : offset + rows]
+
+    return n_resamples, blocks()
 
 
 def _fill_block(
@@ -128,11 +157,11 @@ def percentile_ci(samples: np.ndarray, alpha: float) -> list[float] | None:
     return [float(low), float(high)]
 
 
-def ci_table(point: dict, samples: dict[str, np.ndarray], alpha: float) -> dict[str, list[float] | None]:
+def ci_table(
+    point: dict, samples: dict[str, np.ndarray], alpha: float, names: Sequence[str] = METRIC_NAMES
+) -> dict[str, list[float] | None]:
     """CI per metric; None where the point estimate itself is undefined."""
-    return {
-        name: None if point[name] is None else percentile_ci(samples[name], alpha) for name in METRIC_NAMES
-    }
+    return {name: None if point[name] is None else percentile_ci(samples[name], alpha) for name in names}
 
 
 def difference_table(

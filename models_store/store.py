@@ -13,6 +13,7 @@ publishes (renames its directory to the model's id), at the moment the job is re
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -25,6 +26,9 @@ from pathlib import Path
 from ml.errors import UserError
 
 MANIFEST_NAME = "manifest.json"
+# The files that hold a checkpoint's weights (full models and adapters alike), directly in its directory.
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+WEIGHTS_HASHED = "sha256 over the weight files (*.safetensors, *.bin) in the directory, sorted by name"
 TEMP_PREFIX = ".tmp-"
 ATTEMPTS_DIR = ".attempts"
 _ATTEMPT_NAME = re.compile(
@@ -73,6 +77,23 @@ def read_manifest(directory: Path) -> dict:
     if not path.is_file():
         raise ModelNotFound(f"no model at {Path(directory).name} (manifest.json missing)")
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def weights_sha256(directory: Path) -> str | None:
+    """Which weights a model directory holds (WEIGHTS_HASHED): each weight file's name, then its bytes.
+    None when the directory has no weight files."""
+    files = sorted(
+        path for path in Path(directory).iterdir() if path.is_file() and path.suffix in WEIGHT_SUFFIXES
+    )
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode("utf-8") + b"\0")
+        with open(path, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 class ModelStore:

@@ -335,6 +335,7 @@ def evaluation_body(runtime: WorkerRuntime, job: Job) -> None:
         n_resamples=inputs.n_resamples,
         seed=inputs.seed,
         hooks=EvaluationHooks(should_stop=phases.should_stop),
+        subgroup_columns=inputs.subgroup_columns,
     )
     _store_evaluation(runtime, job, report, arrays)
 

@@ -10,7 +10,7 @@ from api.schemas.common import responses
 from api.schemas.deletion import DeletionRead
 from core.services import deletion as deletion_service
 from core.services import evaluations as evaluations_service
-from ml.vocabulary import PLOT_KINDS
+from ml.vocabulary import PLOT_KINDS, REPORT_TABLES
 
 router = APIRouter(prefix="/evaluations", tags=["evaluations"])
 # The service checks the size (code plot_size); the schema states the same bounds.
@@ -29,16 +29,21 @@ def read_evaluation(
     session: SessionDep,
     principal: TrainerDep,
     format: Annotated[Literal["json", "csv"], Query(description="json (default) or csv")] = "json",
+    table: Annotated[
+        Literal[REPORT_TABLES],  # type: ignore[valid-type]
+        Query(description="With format=csv: which table (models, the default, is the main one)"),
+    ] = REPORT_TABLES[0],
 ) -> Response:
-    """An evaluation report: metrics with 95% CIs per model, majority baseline and comparisons."""
+    """An evaluation report: metrics with 95% CIs, calibration, decision curve, subgroups, comparisons."""
     evaluation = evaluations_service.get_evaluation(
         session, evaluation_id, organisation_id=principal.organisation_id
     )
     if format == "csv":
+        suffix = "" if table == REPORT_TABLES[0] else f"-{table}"
         return Response(
-            evaluations_service.evaluation_csv(evaluation),
+            evaluations_service.evaluation_csv(evaluation, table),
             media_type="text/csv",
-            headers={"Content-Disposition": f'attachment; filename="evaluation-{evaluation.id}.csv"'},
+            headers={"Content-Disposition": f'attachment; filename="evaluation-{evaluation.id}{suffix}.csv"'},
         )
     body: dict[str, Any] = {
         "id": evaluation.id,
@@ -68,7 +73,7 @@ def evaluation_plot(
         int | None, Query(description="Pixels (200-4000); default 700", json_schema_extra=PIXELS)
     ] = None,
 ) -> Response:
-    """ROC, precision-recall, confusion matrices or calibration of the evaluated models."""
+    """ROC, precision-recall, confusion matrices, calibration or decision curve of the evaluated models."""
     png = evaluations_service.plot_evaluation(
         session,
         settings,

@@ -81,7 +81,7 @@ FINETUNE_REQUEST = JobRequest(
 EVALUATE_REQUEST = JobRequest(
     schema=EvaluateCreate,
     spec=EvaluationSpec,
-    form=FormShape("test CSV", object_fields=("thresholds",), list_fields=("models",)),
+    form=FormShape("test CSV", object_fields=("thresholds",), list_fields=("models", "subgroup_columns")),
 )
 
 

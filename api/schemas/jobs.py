@@ -8,7 +8,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from api.schemas.common import PublicBaseModel, ReadModel, Text, storable_json
 from core.db.models import JobKind, JobStatus
 from ml.config import hyperparameters_json_schema
-from ml.vocabulary import BASE, MAX_MODELS, MAX_OPTION_TEXT, METHODS
+from ml.vocabulary import (
+    BASE,
+    MAX_MODELS,
+    MAX_OPTION_TEXT,
+    MAX_SUBGROUP_COLUMNS,
+    MAX_SUBGROUP_VALUES,
+    METHODS,
+)
 
 
 class FinetuneCreate(BaseModel):
@@ -71,6 +78,7 @@ class EvaluateCreate(BaseModel):
                     "n_resamples": 2000,
                     "seed": 7,
                 },
+                {"test_dataset_id": "5e0a...", "models": ["77de..."], "subgroup_columns": ["ward", "sex"]},
             ]
         },
     )
@@ -94,6 +102,15 @@ class EvaluateCreate(BaseModel):
     )
     seed: int = Field(default=0, ge=0)
     name: Text | None = Field(default=None, max_length=200)
+    subgroup_columns: list[Annotated[Text, Field(min_length=1, max_length=MAX_OPTION_TEXT)]] = Field(
+        default_factory=list,
+        max_length=MAX_SUBGROUP_COLUMNS,
+        description=(
+            "Extra categorical columns of the test CSV to report performance by (the report is always "
+            f"also split by note length); each must exist and hold at most {MAX_SUBGROUP_VALUES} values."
+        ),
+        examples=[["ward", "sex"]],
+    )
 
 
 class JobProgress(BaseModel):
@@ -169,6 +186,11 @@ EVALUATE_FORM_SCHEMA = {
         "n_resamples": {"type": "integer"},
         "seed": {"type": "integer"},
         "name": {"type": "string"},
+        "subgroup_columns": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": 'Repeat the field once per column, or send one JSON list: ["ward", "sex"]',
+        },
     },
 }
 FINETUNE_EXAMPLES = {
@@ -193,6 +215,10 @@ EVALUATE_EXAMPLES = {
             "models": ["77de...", "91fa..."],
             "thresholds": {"91fa...": 0.3},
         },
+    },
+    "subgroups": {
+        "summary": "Also report performance per ward and per sex (columns of the test CSV)",
+        "value": {"test_dataset_id": "5e0a...", "models": ["77de..."], "subgroup_columns": ["ward", "sex"]},
     },
 }
 

@@ -7,14 +7,14 @@ from typing import ClassVar
 
 from sqlalchemy.orm import Session
 
-from core.db.models import Evaluation, Job, JobKind
+from core.db.models import Dataset, Evaluation, Job, JobKind
 from core.db.repositories import EvaluationRepository
 from core.errors import InvalidRequest, NotFound, safe_ref
-from core.services.datasets import dataset_for_job
+from core.services.datasets import dataset_file, dataset_for_job
 from core.services.jobs import add_queued_job, finished_model, idempotent_replay, request_fingerprint
 from core.services.models import configured_base_model
 from core.settings import Settings
-from ml.vocabulary import BASE, MAX_MODELS
+from ml.vocabulary import BASE, MAX_MODELS, REPORT_TABLES
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,8 @@ class EvaluationSpec:
     n_resamples: int = 1000
     seed: int = 0
     name: str | None = None
+    # Extra categorical columns of the test CSV to report performance by (note length always is).
+    subgroup_columns: list[str] = field(default_factory=list)
 
 
 def create_evaluation_job(
@@ -46,6 +48,7 @@ def create_evaluation_job(
     dataset = dataset_for_job(session, spec.test_dataset_id, organisation_id=organisation_id)
     _check_model_list(spec)
     _check_size(settings, dataset.rows, spec.n_resamples)
+    _check_subgroup_columns(settings, dataset, spec.subgroup_columns)
     entries, base_models = [], set()
     for name in spec.models:
         override = spec.thresholds.get(name)
@@ -74,7 +77,11 @@ def create_evaluation_job(
             base_model=next(iter(base_models)) if base_models else configured_base_model(settings),
             test_dataset_id=dataset.id,
             evaluation_models=entries,
-            evaluation_options={"n_resamples": spec.n_resamples, "seed": spec.seed},
+            evaluation_options={
+                "n_resamples": spec.n_resamples,
+                "seed": spec.seed,
+                "subgroup_columns": list(spec.subgroup_columns),
+            },
             hyperparameters={},
         ),
     )
@@ -110,6 +117,16 @@ def _check_size(settings: Settings, rows: int, n_resamples: int) -> None:
         )
 
 
+def _check_subgroup_columns(settings: Settings, dataset: Dataset, columns: list[str]) -> None:
+    """The columns exist in the stored test CSV and hold categories: refused now, not after scoring.
+    The worker reads them with the same function, so the rule cannot differ."""
+    if not columns:
+        return
+    from ml.data import read_group_columns
+
+    read_group_columns(dataset_file(settings, dataset), columns)
+
+
 def get_evaluation(session: Session, evaluation_id: str, *, organisation_id: str) -> Evaluation:
     evaluation = EvaluationRepository(session, organisation_id).get(evaluation_id)
     if evaluation is None:
@@ -117,10 +134,11 @@ def get_evaluation(session: Session, evaluation_id: str, *, organisation_id: str
     return evaluation
 
 
-def evaluation_csv(evaluation: Evaluation) -> str:
+def evaluation_csv(evaluation: Evaluation, table: str = REPORT_TABLES[0]) -> str:
+    """One table of the report (REPORT_TABLES) as CSV."""
     from ml.report import report_to_csv
 
-    return report_to_csv(evaluation.report)
+    return report_to_csv(evaluation.report, table)
 
 
 def plot_evaluation(

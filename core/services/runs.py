@@ -65,6 +65,7 @@ class EvaluationInputs:
     models: list[ModelToEvaluate]
     n_resamples: int
     seed: int
+    subgroup_columns: list[str]
 
 
 @dataclass(frozen=True)
@@ -266,6 +267,7 @@ def evaluation_inputs(session: Session, settings: Settings, job: Job) -> Evaluat
         models,
         n_resamples=int(options.get("n_resamples", 1000)),
         seed=int(options.get("seed", 0)),
+        subgroup_columns=[str(column) for column in options.get("subgroup_columns", [])],
     )
 
 

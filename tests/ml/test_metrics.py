@@ -6,13 +6,20 @@ import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from ml.metrics import (
+    CONSTANT_SCORES_REASON,
+    DECISION_THRESHOLDS,
     METRIC_NAMES,
+    NO_FIT_REASON,
+    ONE_CLASS_REASON,
     THRESHOLD_MODES_HELP,
     binary_metrics,
+    calibration_batch,
+    calibration_fit,
     calibration_report,
     choose_threshold,
     expected_calibration_error,
     fit_temperature,
+    net_benefit,
     parse_threshold_mode,
     softmax_probability,
 )
@@ -240,3 +247,120 @@ def test_calibration_report_improves_ece_after_scaling():
     assert report["after"]["brier"] < report["before"]["brier"]
     same = calibration_report(labels, logits, 1.0)
     assert same["before"] == same["after"]
+    # Temperature scaling of overconfident logits moves the calibration slope from 1/3 towards 1.
+    assert report["before"]["calibration_slope"] == pytest.approx(1 / 3.0, rel=0.08)
+    assert report["after"]["calibration_slope"] == pytest.approx(1.0, rel=0.08)
+
+
+# ------------------------------------------------------------------------------ calibration intercept/slope
+
+
+def _calibrated_sample(n: int = 20_000, seed: int = 0):
+    """Labels drawn with exactly the probabilities the model gives."""
+    rng = np.random.default_rng(seed)
+    probs = rng.uniform(0.02, 0.98, n)
+    return (rng.random(n) < probs).astype(int), probs
+
+
+def _logit(probs):
+    probs = np.clip(probs, 1e-6, 1 - 1e-6)
+    return np.log(probs / (1 - probs))
+
+
+def test_a_calibrated_sample_has_slope_one_and_intercept_zero():
+    labels, probs = _calibrated_sample()
+    fit = calibration_fit(labels, probs)
+    assert fit["calibration_slope"] == pytest.approx(1.0, abs=0.06)
+    assert fit["calibration_intercept"] == pytest.approx(0.0, abs=0.05)
+    assert fit["undefined"] == {}
+
+
+def test_squared_probabilities_give_a_slope_below_one_and_a_positive_intercept():
+    labels, probs = _calibrated_sample()
+    fit = calibration_fit(labels, probs**2)  # too low everywhere, and squeezed towards 0
+    assert fit["calibration_slope"] < 0.85
+    assert fit["calibration_intercept"] > 0.5
+
+
+def test_calibration_fit_matches_unpenalised_logistic_regression_by_hand():
+    from scipy.optimize import brentq, minimize
+    from scipy.special import expit
+
+    rng = np.random.default_rng(3)
+    probs = rng.uniform(0.01, 0.99, 400)
+    labels = (rng.random(400) < probs**1.5).astype(int)
+    x = _logit(probs)
+
+    def negative_log_likelihood(params):
+        linear = params[0] + params[1] * x
+        return np.sum(np.logaddexp(0, linear) - labels * linear)
+
+    slope_fit = minimize(negative_log_likelihood, [0.0, 1.0], method="BFGS", options={"gtol": 1e-10})
+    # Calibration-in-the-large: the intercept a with sum(y) = sum(sigmoid(a + logit(p))).
+    intercept = brentq(lambda a: labels.sum() - expit(a + x).sum(), -10, 10, xtol=1e-12)
+    fit = calibration_fit(labels, probs)
+    assert fit["calibration_slope"] == pytest.approx(slope_fit.x[1], abs=1e-5)
+    assert fit["calibration_intercept"] == pytest.approx(intercept, abs=1e-8)
+
+
+def test_probabilities_of_zero_and_one_are_clipped_before_the_logit():
+    labels = [0, 1, 0, 1, 1, 0, 1, 0]
+    probs = [0.0, 1.0, 0.3, 0.6, 0.4, 0.7, 0.9, 0.2]
+    fit = calibration_fit(labels, probs)
+    assert fit["calibration_slope"] is not None and math.isfinite(fit["calibration_slope"])
+    assert fit["calibration_intercept"] is not None
+
+
+def test_undefined_calibration_is_none_with_a_reason():
+    one_class = calibration_fit([1, 1, 1], [0.2, 0.5, 0.9])
+    assert one_class["calibration_slope"] is None and one_class["calibration_intercept"] is None
+    assert one_class["undefined"] == {
+        "calibration_intercept": ONE_CLASS_REASON,
+        "calibration_slope": ONE_CLASS_REASON,
+    }
+    constant = calibration_fit([0, 1, 0, 1], [0.3] * 4)
+    assert constant["calibration_slope"] is None
+    assert constant["undefined"] == {"calibration_slope": CONSTANT_SCORES_REASON}
+    assert constant["calibration_intercept"] == pytest.approx(math.log(0.5 / 0.5) - math.log(0.3 / 0.7))
+    separated = calibration_fit([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9])
+    assert separated["calibration_slope"] is None
+    assert separated["undefined"] == {"calibration_slope": NO_FIT_REASON}
+
+
+def test_calibration_batch_rows_equal_single_fits():
+    labels, probs = _calibrated_sample(n=300, seed=5)
+    rng = np.random.default_rng(1)
+    matrix = np.vstack([probs, probs**2, rng.uniform(0, 1, probs.size)])
+    batch = calibration_batch(labels, matrix)
+    for row in range(3):
+        single = calibration_fit(labels, matrix[row])
+        for name in ("calibration_intercept", "calibration_slope"):
+            assert batch[name][row] == pytest.approx(single[name], abs=1e-12)
+
+
+# ------------------------------------------------------------------------------------------ net benefit
+
+
+def test_net_benefit_matches_the_hand_formula():
+    labels = [1, 0, 1, 0, 0, 1, 0, 0, 0, 0]
+    probs = [0.9, 0.4, 0.3, 0.2, 0.1, 0.05, 0.35, 0.6, 0.15, 0.25]
+    # pt = 0.25: predicted positive 0.9, 0.4, 0.3, 0.35, 0.6, 0.25 -> TP 2, FP 4 (0.25 >= 0.25 counts).
+    # pt = 0.5: 0.9, 0.6 -> TP 1, FP 1.
+    values = net_benefit(labels, probs, [0.25, 0.5])
+    assert values[0] == pytest.approx(2 / 10 - 4 / 10 * 0.25 / 0.75)
+    assert values[1] == pytest.approx(1 / 10 - 1 / 10 * 1.0)
+
+
+def test_treat_all_is_the_prevalence_formula_and_thresholds_are_the_fixed_grid():
+    assert DECISION_THRESHOLDS == (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
+    labels = np.array([1, 0, 0, 1, 0, 0, 0, 0])
+    prevalence = labels.mean()
+    treat_all = net_benefit(labels, np.ones(labels.size))
+    expected = [prevalence - (1 - prevalence) * pt / (1 - pt) for pt in DECISION_THRESHOLDS]
+    assert treat_all == pytest.approx(expected)
+    assert net_benefit(labels, np.zeros(labels.size)) == [0.0] * len(DECISION_THRESHOLDS)
+
+
+def test_net_benefit_refuses_a_threshold_of_one():
+    with pytest.raises(ValueError):
+        net_benefit([0, 1], [0.2, 0.8], [1.0])

@@ -28,7 +28,7 @@ from core.services import evaluations as evaluations_service
 from core.services import models as models_service
 from core.services.evaluations import EvaluationSpec
 from ml.errors import UserError
-from ml.vocabulary import BASE, MAX_MODELS, PLOT_KINDS
+from ml.vocabulary import BASE, MAX_MODELS, PLOT_KINDS, REPORT_TABLES
 
 router = page_router()
 
@@ -48,7 +48,10 @@ async def start_evaluation(
         "dataset_id": text_field(form, "dataset_id"),
         "models": chosen,
         "name": text_field(form, "name"),
+        "subgroup_columns": text_field(form, "subgroup_columns"),
     }
+    # One text box, comma-separated: column names are short words.
+    columns = [part.strip() for part in (values["subgroup_columns"] or "").split(",") if part.strip()]
     try:
         upload = await uploaded_file(form, runtime.settings)
         body = validated(
@@ -57,6 +60,7 @@ async def start_evaluation(
                 "test_dataset_id": dataset_or_upload(values["dataset_id"], upload),
                 "models": chosen,
                 "name": values["name"],
+                "subgroup_columns": columns,
             },
         )
         spec = EvaluationSpec(**body.model_dump(exclude_unset=True))
@@ -111,14 +115,20 @@ def evaluation_page(evaluation_id: str, request: Request, session: SessionDep, p
 
 
 @router.get("/evaluations/{evaluation_id}/table.csv")
-def evaluation_csv(evaluation_id: str, session: SessionDep, principal: TrainerPageDep) -> Response:
+def evaluation_csv(
+    evaluation_id: str,
+    session: SessionDep,
+    principal: TrainerPageDep,
+    table: Literal[REPORT_TABLES] = REPORT_TABLES[0],  # type: ignore[valid-type]
+) -> Response:
     evaluation = evaluations_service.get_evaluation(
         session, evaluation_id, organisation_id=principal.organisation_id
     )
+    suffix = "" if table == REPORT_TABLES[0] else f"-{table}"
     return Response(
-        evaluations_service.evaluation_csv(evaluation),
+        evaluations_service.evaluation_csv(evaluation, table),
         media_type="text/csv",
-        headers={"Content-Disposition": f'attachment; filename="evaluation-{evaluation.id}.csv"'},
+        headers={"Content-Disposition": f'attachment; filename="evaluation-{evaluation.id}{suffix}.csv"'},
     )
 
 
