@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from transformers import get_linear_schedule_with_warmup
 
 from ml import metrics as metric_fns
+from ml.baseline import TextBaseline, fit_baseline, verdict
 from ml.config import ConfigError, TrainConfig, pooling_of
 from ml.data import (
     DatasetSummary,
@@ -135,6 +136,8 @@ class _Assessment:
     comparison: dict
     logit_fingerprint: list[list[float]]
     forgetting_check: dict | None
+    baseline: TextBaseline
+    baseline_record: dict
 
 
 def class_weights(labels: np.ndarray, weight_multiplier: float) -> torch.Tensor:
@@ -176,7 +179,7 @@ def finetune(
     assessment = _assess(model, prepared, parent_train_csv)
     manifest = build_manifest(model_id or uuid.uuid4().hex, prepared, trained, assessment)
     hooks.phase("saving")
-    _save(model, prepared.tokenizer, manifest, Path(out_dir))
+    _save(model, prepared.tokenizer, manifest, Path(out_dir), assessment.baseline)
     return manifest
 
 
@@ -260,6 +263,7 @@ def _assess(model, prepared: _Prepared, parent_train_csv) -> _Assessment:
     val_prob = metric_fns.softmax_probability(val_logits, temperature)
     threshold, threshold_note = metric_fns.choose_threshold(split.val.labels, val_prob, config.threshold_mode)
     comparison = _base_comparison(prepared, val_prob, threshold)
+    baseline, baseline_record = _baseline_comparison(prepared, comparison)
     forgetting = None
     if parent is not None:
         comparison["parent_vs_fine_tuned"] = _parent_comparison(prepared, val_prob, threshold)
@@ -274,6 +278,8 @@ def _assess(model, prepared: _Prepared, parent_train_csv) -> _Assessment:
         comparison=comparison,
         logit_fingerprint=logit_fingerprint(model, prepared.tokenizer, split.val.texts, config, device),
         forgetting_check=forgetting,
+        baseline=baseline,
+        baseline_record=baseline_record,
     )
 
 
@@ -308,6 +314,7 @@ def build_manifest(model_id: str, prepared: _Prepared, trained: _Trained, assess
         "temperature": assessment.temperature,
         "calibration": assessment.calibration,
         "comparison": assessment.comparison,
+        "baseline": assessment.baseline_record,
         "logit_fingerprint": assessment.logit_fingerprint,
     }
     if trained.adalora_ranks is not None:
@@ -486,6 +493,22 @@ def _base_comparison(prepared: _Prepared, tuned_prob, threshold: float) -> dict:
     }
 
 
+def _baseline_comparison(prepared: _Prepared, comparison: dict) -> tuple[TextBaseline, dict]:
+    """Fit the TF-IDF baseline on this run's training split and add it, with a verdict, to the
+    comparison: does the fine-tuned model beat a classical model on the same validation notes?"""
+    split = prepared.split
+    baseline, report = fit_baseline(
+        split.train.texts, split.train.labels, split.val.texts, split.val.labels, seed=prepared.config.seed
+    )
+    val_prob = baseline.predict_proba(split.val.texts)
+    metrics = metric_fns.binary_metrics(split.val.labels, val_prob, baseline.threshold)
+    comparison["baseline"] = metrics
+    comparison["verdict"] = verdict(comparison["fine_tuned"]["roc_auc"], metrics["roc_auc"])
+    # C, and the fine-tune's best epoch and threshold, were all chosen on these validation notes:
+    # both sides of the comparison are a little optimistic, neither more than the other.
+    return baseline, {**report, "threshold": baseline.threshold, "validation_metrics": metrics}
+
+
 def _parent_comparison(prepared: _Prepared, tuned_prob, threshold: float) -> dict:
     """Parent vs this model on this model's validation split: did the second fine-tune help here?"""
     parent, val = prepared.parent, prepared.split.val
@@ -534,11 +557,12 @@ def _data_record(summary: DatasetSummary, split: _Split) -> dict:
     }
 
 
-def _save(model, tokenizer, manifest: dict, out_dir: Path) -> None:
+def _save(model, tokenizer, manifest: dict, out_dir: Path, baseline: TextBaseline) -> None:
     with atomic_directory(out_dir) as temporary:
         # PEFT models save the adapter and the classifier head only; the manifest names the base.
         model.save_pretrained(temporary, safe_serialization=True)
         tokenizer.save_pretrained(temporary)
+        baseline.save(temporary)
         write_manifest(temporary, manifest)
 
 
