@@ -33,6 +33,7 @@ from sklearn.metrics import roc_auc_score
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ml import synth  # noqa: E402
+from ml.baseline import load_baseline  # noqa: E402
 from ml.config import TrainConfig  # noqa: E402
 from ml.finetune import TrainHooks, finetune  # noqa: E402
 from ml.model_cache import ModelCache  # noqa: E402
@@ -75,6 +76,12 @@ def model_auc(cache: ModelCache, model_dir: Path, test) -> float:
     return float(roc_auc_score(test["label"], probabilities))
 
 
+def builtin_baseline_auc(model_dir: Path, test) -> float:
+    """The TF-IDF baseline every fine-tune fits on its own training split and stores with the model."""
+    probabilities = load_baseline(model_dir).predict_proba(test["Text"].tolist())
+    return float(roc_auc_score(test["label"], probabilities))
+
+
 def epoch_printer(stage: str) -> TrainHooks:
     def show(progress) -> None:
         if progress.event == "epoch_end":
@@ -90,14 +97,18 @@ def epoch_printer(stage: str) -> TrainHooks:
 
 def timed_finetune(name: str, train, config: TrainConfig, root: Path, **parent) -> tuple[dict, float]:
     started = time.monotonic()
-    manifest = finetune(csv_bytes(train), config, root / name, model_id=name, hooks=epoch_printer(name), **parent)
+    manifest = finetune(
+        csv_bytes(train), config, root / name, model_id=name, hooks=epoch_printer(name), **parent
+    )
     return manifest, time.monotonic() - started
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--method", default="full", choices=METHODS)
-    parser.add_argument("--variants", default=DEFAULT_VARIANTS, help=f"comma-separated, of {', '.join(VARIANTS)}")
+    parser.add_argument(
+        "--variants", default=DEFAULT_VARIANTS, help=f"comma-separated, of {', '.join(VARIANTS)}"
+    )
     parser.add_argument("--train-rows", type=int, default=2000)
     parser.add_argument("--second-rows", type=int, default=600)
     parser.add_argument("--test-rows", type=int, default=2000)
@@ -121,12 +132,15 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory() as tmp:
         root, cache = Path(tmp), ModelCache(max_models=2)
-        first, seconds = timed_finetune("first", narrative_train, TrainConfig.for_stage(1, args.method, args.first), root)
+        first, seconds = timed_finetune(
+            "first", narrative_train, TrainConfig.for_stage(1, args.method, args.first), root
+        )
         results.update(
             first_train_seconds=round(seconds),
             first_best_epoch=first["best_epoch"],
             first_adalora_ranks=(first.get("adalora_ranks") or {}).get("after"),
             first_narrative=model_auc(cache, root / "first", narrative_test),
+            first_builtin_baseline_narrative=builtin_baseline_auc(root / "first", narrative_test),
             first_terse=model_auc(cache, root / "first", terse_test),
         )
         report_first(results)
@@ -134,7 +148,12 @@ def main() -> None:
             config = TrainConfig.for_parent(first, VARIANTS[variant])
             name = f"second-{variant}"
             second, seconds = timed_finetune(
-                name, terse_train, config, root, parent_dir=root / "first", parent_train_csv=csv_bytes(narrative_train)
+                name,
+                terse_train,
+                config,
+                root,
+                parent_dir=root / "first",
+                parent_train_csv=csv_bytes(narrative_train),
             )
             results["second"][variant] = {
                 "overrides": VARIANTS[variant],
@@ -144,6 +163,8 @@ def main() -> None:
                 "trainable_parameters": second["trainable_parameters"],
                 "terse": model_auc(cache, root / name, terse_test),
                 "narrative": model_auc(cache, root / name, narrative_test),
+                # Fitted on this stage's training split: the new notes plus any rehearsed ones.
+                "builtin_baseline_terse": builtin_baseline_auc(root / name, terse_test),
             }
             report_second(results, variant)
     print(json.dumps(results))
@@ -158,12 +179,17 @@ def _verdict(ok: bool) -> str:
 
 def report_first(r: dict) -> None:
     gap = r["best_possible_narrative"] - r["first_narrative"]
-    stronger = max(r["tfidf_narrative"], r["tfidf_digits_narrative"])
-    print(f"method {r['method']}; first fine-tune {r['first_train_seconds']}s, best epoch {r['first_best_epoch']}")
+    stronger = max(r["tfidf_narrative"], r["tfidf_digits_narrative"], r["first_builtin_baseline_narrative"])
+    beats = _verdict(r["first_narrative"] >= stronger)
     print(
-        f"first: narrative test AUC {r['first_narrative']:.4f}  best possible {r['best_possible_narrative']:.4f} "
-        f"gap {gap:+.4f} (<= 0.02 {_verdict(gap <= 0.02)}); TF-IDF {r['tfidf_narrative']:.4f}, "
-        f"TF-IDF digits/signs {r['tfidf_digits_narrative']:.4f} (>= stronger {_verdict(r['first_narrative'] >= stronger)})"
+        f"method {r['method']}; first fine-tune {r['first_train_seconds']}s, "
+        f"best epoch {r['first_best_epoch']}"
+    )
+    print(
+        f"first: narrative test AUC {r['first_narrative']:.4f}  best possible "
+        f"{r['best_possible_narrative']:.4f} gap {gap:+.4f} (<= 0.02 {_verdict(gap <= 0.02)}); "
+        f"TF-IDF {r['tfidf_narrative']:.4f}, TF-IDF digits/signs {r['tfidf_digits_narrative']:.4f}, "
+        f"built-in baseline {r['first_builtin_baseline_narrative']:.4f} (>= stronger {beats})"
     )
     print(f"first: terse test AUC {r['first_terse']:.4f} (before any second fine-tune)", flush=True)
 
@@ -175,8 +201,9 @@ def report_second(r: dict, variant: str) -> None:
     print(
         f"second [{variant}] {s['train_seconds']}s best epoch {s['best_epoch']}/{s['epochs_run']}: "
         f"terse {s['terse']:.4f} (best possible {r['best_possible_terse']:.4f}, gap {gap:+.4f} "
-        f"<= 0.03 {_verdict(gap <= 0.03)}; TF-IDF on terse {r['tfidf_digits_terse']:.4f} "
-        f"{_verdict(s['terse'] >= r['tfidf_digits_terse'])}) | narrative {s['narrative']:.4f} "
+        f"<= 0.03 {_verdict(gap <= 0.03)}; TF-IDF on terse {r['tfidf_digits_terse']:.4f}, built-in "
+        f"baseline {s['builtin_baseline_terse']:.4f}: {_verdict(s['terse'] >= r['tfidf_digits_terse'])}) | "
+        f"narrative {s['narrative']:.4f} "
         f"(drop {drop:+.4f} <= 0.01 {_verdict(drop <= 0.01)})",
         flush=True,
     )

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ml.config import TrainConfig, default_of, describe, hyperparameter_fields, limits_text, value_type
 from ml.errors import UserError
-from ml.vocabulary import BASE, MAX_MODELS, METHODS
+from ml.vocabulary import BASE, BASELINE_PREFIX, MAX_MODELS, METHODS
 
 USER_ERROR = 2
 
@@ -123,6 +123,7 @@ def run_train(args: argparse.Namespace) -> int:
             hooks=progress.hooks(),
         )
     _print_json(manifest)
+    print(f"notetune: {manifest['comparison']['verdict']}", file=sys.stderr)
     return 0
 
 
@@ -167,6 +168,13 @@ def _add_evaluate(commands) -> None:
     evaluate.add_argument("--test", required=True, type=Path, help="test CSV (Text,label)")
     evaluate.add_argument("--model", action="append", default=[], type=Path, help="model directory (repeat)")
     evaluate.add_argument("--base", action="store_true", help="include the untrained base model (first)")
+    evaluate.add_argument(
+        "--baseline",
+        action="append",
+        default=[],
+        type=Path,
+        help="a model directory whose stored TF-IDF baseline to include, as baseline:<dir name> (repeat)",
+    )
     evaluate.add_argument("--base-model", help="base model for --base (default: the models' base or MiniLM)")
     evaluate.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples for the CIs")
     evaluate.add_argument("--seed", type=int, default=0)
@@ -253,8 +261,12 @@ def _chosen_models(args: argparse.Namespace):
         models.append(EvaluationModel(BASE, None, None))
     for path, manifest in manifests:
         models.append(EvaluationModel(path.name, manifest["id"], path))
+    for path in getattr(args, "baseline", []):
+        models.append(
+            EvaluationModel(BASELINE_PREFIX + path.name, read_manifest(path)["id"], path, kind="baseline")
+        )
     if not models:
-        raise ValueError("give at least one --model DIR, or --base")
+        raise ValueError("give at least one --model DIR, --baseline DIR or --base")
     return models, base_model
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ml.baseline import load_baseline
 from ml.data import DatasetSummary, LabeledNotes, inspect_csv, read_group_columns
 from ml.errors import Cancelled, UserError
 from ml.model_cache import ModelCache
@@ -24,6 +25,7 @@ class EvaluationModel:
     model_id: str | None
     model_dir: Path | None  # None = the untrained base model
     threshold: float | None = None  # the caller's decision threshold; None = the model's stored one
+    kind: str = "model"  # "model", or "baseline": the TF-IDF baseline stored in model_dir
 
 
 @dataclass
@@ -50,12 +52,24 @@ def score_models(
     for model in models:
         if should_stop():
             raise EvaluationCancelled()
-        scored = cache.score(model.model_dir, texts, base_model=base_model)
-        threshold = scored.threshold if model.threshold is None else model.threshold
-        outputs.append(ModelOutput(model.name, model.model_id, scored.probabilities, threshold))
+        probabilities, stored_threshold = _scores(model, texts, cache, base_model)
+        threshold = stored_threshold if model.threshold is None else model.threshold
+        outputs.append(ModelOutput(model.name, model.model_id, probabilities, threshold))
     if should_stop():
         raise EvaluationCancelled()
     return outputs
+
+
+def _scores(
+    model: EvaluationModel, texts: list[str], cache: ModelCache, base_model: str | None
+) -> tuple[np.ndarray, float]:
+    """P(died) per note and the stored threshold, of the network or of its TF-IDF baseline."""
+    if model.kind == "baseline":
+        assert model.model_dir is not None, "a baseline belongs to a fine-tuned model's directory"
+        baseline = load_baseline(model.model_dir)
+        return baseline.predict_proba(texts), baseline.threshold
+    scored = cache.score(model.model_dir, texts, base_model=base_model)
+    return scored.probabilities, scored.threshold
 
 
 def evaluate_models(
@@ -91,6 +105,7 @@ def evaluate_models(
     for entry, model in zip(report["models"], models, strict=True):
         entry["threshold_source"] = "stored" if model.threshold is None else "request"
         entry["weights"] = model_weights(model.model_dir, base_model)
+        entry["kind"] = model.kind
     return report, plot_arrays(notes.labels, outputs)
 
 

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from transformers import get_linear_schedule_with_warmup
 
 from ml import metrics as metric_fns
+from ml.baseline import TextBaseline, fit_baseline, verdict
 from ml.config import ConfigError, TrainConfig, pooling_of
 from ml.data import (
     DatasetSummary,
@@ -147,6 +148,8 @@ class _Assessment:
     comparison: dict
     logit_fingerprint: list[list[float]]
     forgetting_check: dict | None
+    baseline: TextBaseline
+    baseline_record: dict
 
 
 def class_weights(labels: np.ndarray, weight_multiplier: float) -> torch.Tensor:
@@ -190,7 +193,7 @@ def finetune(
     assessment = _assess(model, prepared)
     manifest = build_manifest(model_id or uuid.uuid4().hex, prepared, trained, assessment)
     hooks.phase("saving")
-    _save(model, prepared.tokenizer, manifest, Path(out_dir))
+    _save(model, prepared.tokenizer, manifest, Path(out_dir), assessment.baseline)
     return manifest
 
 
@@ -210,7 +213,9 @@ def _prepare(
         train_csv, max_length=config.max_length, base_model=base_model, pooling=config.pooling
     )
     check_trainable(summary, config.min_rows)
-    parent_notes = _parent_notes(parent, parent_train_csv) if parent and parent_train_csv is not None else None
+    parent_notes = (
+        _parent_notes(parent, parent_train_csv) if parent and parent_train_csv is not None else None
+    )
     train, val = split_for_training(notes, config)
     train, rehearsal = _with_rehearsal(train, parent, parent_notes, config)
     split = _encoded_split(train, val, config, tokenizer)
@@ -313,6 +318,7 @@ def _assess(model, prepared: _Prepared) -> _Assessment:
     val_prob = metric_fns.softmax_probability(val_logits, temperature)
     threshold, threshold_note = metric_fns.choose_threshold(split.val.labels, val_prob, config.threshold_mode)
     comparison = _base_comparison(prepared, val_prob, threshold)
+    baseline, baseline_record = _baseline_comparison(prepared, comparison)
     forgetting = None
     if parent is not None:
         comparison["parent_vs_fine_tuned"] = _parent_comparison(prepared, val_prob, threshold)
@@ -327,6 +333,8 @@ def _assess(model, prepared: _Prepared) -> _Assessment:
         comparison=comparison,
         logit_fingerprint=logit_fingerprint(model, prepared.tokenizer, split.val.texts, config, device),
         forgetting_check=forgetting,
+        baseline=baseline,
+        baseline_record=baseline_record,
     )
 
 
@@ -362,6 +370,7 @@ def build_manifest(model_id: str, prepared: _Prepared, trained: _Trained, assess
         "temperature": assessment.temperature,
         "calibration": assessment.calibration,
         "comparison": assessment.comparison,
+        "baseline": assessment.baseline_record,
         "logit_fingerprint": assessment.logit_fingerprint,
     }
     if trained.adalora_ranks is not None:
@@ -551,6 +560,22 @@ def _base_comparison(prepared: _Prepared, tuned_prob, threshold: float) -> dict:
     }
 
 
+def _baseline_comparison(prepared: _Prepared, comparison: dict) -> tuple[TextBaseline, dict]:
+    """Fit the TF-IDF baseline on this run's training split and add it, with a verdict, to the
+    comparison: does the fine-tuned model beat a classical model on the same validation notes?"""
+    split = prepared.split
+    baseline, report = fit_baseline(
+        split.train.texts, split.train.labels, split.val.texts, split.val.labels, seed=prepared.config.seed
+    )
+    val_prob = baseline.predict_proba(split.val.texts)
+    metrics = metric_fns.binary_metrics(split.val.labels, val_prob, baseline.threshold)
+    comparison["baseline"] = metrics
+    comparison["verdict"] = verdict(comparison["fine_tuned"]["roc_auc"], metrics["roc_auc"])
+    # C, and the fine-tune's best epoch and threshold, were all chosen on these validation notes:
+    # both sides of the comparison are a little optimistic, neither more than the other.
+    return baseline, {**report, "threshold": baseline.threshold, "validation_metrics": metrics}
+
+
 def _parent_comparison(prepared: _Prepared, tuned_prob, threshold: float) -> dict:
     """Parent vs this model on this model's validation split: did the second fine-tune help here?"""
     parent, val = prepared.parent, prepared.split.val
@@ -599,11 +624,12 @@ def _data_record(summary: DatasetSummary, split: _Split, rehearsal: dict | None)
     }
 
 
-def _save(model, tokenizer, manifest: dict, out_dir: Path) -> None:
+def _save(model, tokenizer, manifest: dict, out_dir: Path, baseline: TextBaseline) -> None:
     with atomic_directory(out_dir) as temporary:
         # PEFT models save the adapter and the classifier head only; the manifest names the base.
         model.save_pretrained(temporary, safe_serialization=True)
         tokenizer.save_pretrained(temporary)
+        baseline.save(temporary)
         write_manifest(temporary, manifest)
 
 

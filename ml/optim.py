@@ -134,7 +134,9 @@ class WeightAnchor:
         self.start = [p.detach().clone() for p in self.params]
 
     def penalty(self) -> torch.Tensor:
-        squared = sum((p.float() - start.float()).pow(2).sum() for p, start in zip(self.params, self.start))
+        squared = sum(
+            (p.float() - start.float()).pow(2).sum() for p, start in zip(self.params, self.start, strict=True)
+        )
         return 0.5 * self.strength * squared
 
 

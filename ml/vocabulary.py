@@ -29,3 +29,5 @@ MAX_SUBGROUP_VALUES = 20
 MAX_OPTION_TEXT = 100
 # The name that stands for the untrained base model wherever a request lists models.
 BASE = "base"
+# A listed model's TF-IDF baseline (stored with every fine-tune) is "baseline:<model id>".
+BASELINE_PREFIX = "baseline:"

@@ -26,9 +26,13 @@ from pathlib import Path
 from ml.errors import UserError
 
 MANIFEST_NAME = "manifest.json"
-# The files that hold a checkpoint's weights (full models and adapters alike), directly in its directory.
-WEIGHT_SUFFIXES = (".safetensors", ".bin")
-WEIGHTS_HASHED = "sha256 over the weight files (*.safetensors, *.bin) in the directory, sorted by name"
+# The files that hold a model's weights (full models, adapters, the TF-IDF baseline), directly in its
+# directory.
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".npz")
+WEIGHTS_HASHED = (
+    "sha256 over the weight files (*.safetensors, *.bin, and the baseline's *.npz) in the directory, "
+    "sorted by name"
+)
 TEMP_PREFIX = ".tmp-"
 ATTEMPTS_DIR = ".attempts"
 _ATTEMPT_NAME = re.compile(

@@ -321,7 +321,9 @@ def evaluation_body(runtime: WorkerRuntime, job: Job) -> None:
     with runtime.database.session() as session:
         inputs = runs.evaluation_inputs(session, runtime.settings, job)
     models = [
-        EvaluationModel(model.name, model.model_id, model.model_dir, threshold=model.threshold)
+        EvaluationModel(
+            model.name, model.model_id, model.model_dir, threshold=model.threshold, kind=model.kind
+        )
         for model in inputs.models
     ]
     watcher = RunWatcher(runtime, job.id, job.attempt)

@@ -10,6 +10,7 @@ from core.db.models import JobKind, JobStatus
 from ml.config import hyperparameters_json_schema
 from ml.vocabulary import (
     BASE,
+    BASELINE_PREFIX,
     MAX_MODELS,
     MAX_OPTION_TEXT,
     MAX_SUBGROUP_COLUMNS,
@@ -71,6 +72,7 @@ class EvaluateCreate(BaseModel):
         json_schema_extra={
             "examples": [
                 {"test_dataset_id": "5e0a...", "models": [BASE, "77de...", "91fa..."]},
+                {"test_dataset_id": "5e0a...", "models": [f"{BASELINE_PREFIX}77de...", "77de..."]},
                 {
                     "test_dataset_id": "5e0a...",
                     "models": [BASE, "77de..."],
@@ -87,13 +89,17 @@ class EvaluateCreate(BaseModel):
     models: list[Annotated[Text, Field(max_length=64)]] = Field(
         min_length=1,
         max_length=MAX_MODELS,
-        description=f"Models to compare, first = reference; '{BASE}' = the untrained base model.",
+        description=(
+            f"Models to compare, first = reference: model ids; '{BASE}' = the untrained base model; "
+            f"'{BASELINE_PREFIX}<model id>' = the TF-IDF + logistic regression baseline fitted on that "
+            "model's training split (threshold 0.5 unless `thresholds` names it)."
+        ),
     )
     thresholds: dict[Text, Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
         default_factory=dict,
         description=(
             "Decision thresholds that replace a listed model's stored one in the at_threshold figures "
-            f"(keys: a model id from `models`, or '{BASE}')."
+            f"(keys: an entry of `models`: a model id, '{BASE}' or '{BASELINE_PREFIX}<model id>')."
         ),
         examples=[{"77de...": 0.3}],
     )
@@ -180,7 +186,10 @@ EVALUATE_FORM_SCHEMA = {
         "models": {
             "type": "array",
             "items": {"type": "string"},
-            "description": f'Repeat the field once per model, or send one JSON list: ["{BASE}", "77de..."]',
+            "description": (
+                "Repeat the field once per model, or send one JSON list: "
+                f'["{BASE}", "77de...", "{BASELINE_PREFIX}77de..."]'
+            ),
         },
         "thresholds": {"type": "string", "description": 'A JSON object, e.g. {"77de...": 0.3}'},
         "n_resamples": {"type": "integer"},
@@ -207,6 +216,10 @@ EVALUATE_EXAMPLES = {
     "compare": {
         "summary": "Base model, a first fine-tune and its second fine-tune",
         "value": {"test_dataset_id": "5e0a...", "models": [BASE, "77de...", "91fa..."]},
+    },
+    "baseline": {
+        "summary": "A fine-tuned model against its own TF-IDF baseline (reference first)",
+        "value": {"test_dataset_id": "5e0a...", "models": [f"{BASELINE_PREFIX}77de...", "77de..."]},
     },
     "threshold": {
         "summary": "Override a model's stored decision threshold",

@@ -8,7 +8,8 @@ from typing import Any
 
 from api.ui.i18n import N_
 from core.db.models import Job, JobEvent, JobStatus, Model
-from ml.vocabulary import BASE
+from ml.baseline import better_of
+from ml.vocabulary import BASE, BASELINE_PREFIX
 
 # The job states as the pages word them (marked here for the catalogs).
 STATUS_WORDS = (N_("queued"), N_("running"), N_("succeeded"), N_("failed"), N_("cancelled"))
@@ -38,6 +39,7 @@ def model_label(model: Model) -> str:
 def model_labels(models: list[Model]) -> dict[str, str]:
     labels = {model.id: model_label(model) for model in models}
     labels[BASE] = "base (untrained)"
+    labels.update({BASELINE_PREFIX + model.id: f"TF-IDF baseline · {model_label(model)}" for model in models})
     return labels
 
 
@@ -156,6 +158,21 @@ def forgetting_summary(check: dict[str, Any] | None) -> ForgettingSummary | None
         specificity_difference=(differences.get("specificity") or {}).get("difference"),
         forgot=float(difference) < -FORGETTING_TOLERANCE,
     )
+
+
+@dataclass(frozen=True)
+class BaselineVerdict:
+    better: str  # "fine_tuned", "baseline" or "level" (ml.baseline.better_of)
+    fine_tuned_auc: float
+    baseline_auc: float
+
+
+def baseline_verdict(comparison: dict[str, Any]) -> BaselineVerdict | None:
+    """The fine-tuned model against its TF-IDF baseline on validation ROC AUC, for the page to word."""
+    tuned = (comparison.get("fine_tuned") or {}).get("roc_auc")
+    baseline = (comparison.get("baseline") or {}).get("roc_auc")
+    better = better_of(tuned, baseline)
+    return None if better is None else BaselineVerdict(better, float(tuned), float(baseline))
 
 
 def _minus(b: Any, a: Any) -> float | None:

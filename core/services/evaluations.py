@@ -7,14 +7,14 @@ from typing import ClassVar
 
 from sqlalchemy.orm import Session
 
-from core.db.models import Dataset, Evaluation, Job, JobKind
+from core.db.models import Dataset, Evaluation, Job, JobKind, Model
 from core.db.repositories import EvaluationRepository
 from core.errors import InvalidRequest, NotFound, safe_ref
 from core.services.datasets import dataset_file, dataset_for_job
 from core.services.jobs import add_queued_job, finished_model, idempotent_replay, request_fingerprint
 from core.services.models import configured_base_model
 from core.settings import Settings
-from ml.vocabulary import BASE, MAX_MODELS, REPORT_TABLES
+from ml.vocabulary import BASE, BASELINE_PREFIX, MAX_MODELS, REPORT_TABLES
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,9 @@ class EvaluationSpec:
     dataset_field: ClassVar[str] = "test_dataset_id"  # the field a CSV sent with the request fills in
 
     test_dataset_id: str
-    models: list[str] = field(default_factory=list)  # model ids, or BASE; the first is the reference
+    # Model ids, BASE, or BASELINE_PREFIX + a model id (that model's TF-IDF baseline); the first is
+    # the reference.
+    models: list[str] = field(default_factory=list)
     thresholds: dict[str, float] = field(default_factory=dict)  # replaces a listed model's stored one
     n_resamples: int = 1000
     seed: int = 0
@@ -55,9 +57,10 @@ def create_evaluation_job(
         if name == BASE:
             entries.append({"name": BASE, "model_id": None, "threshold_override": override})
             continue
-        model = finished_model(
-            session, name, organisation_id, role="an evaluated model", use="evaluated", code="model_not_ready"
-        )
+        if name.startswith(BASELINE_PREFIX):
+            entries.append(_baseline_entry(session, name, organisation_id, override))
+            continue
+        model = _evaluated_model(session, name, organisation_id)
         base_models.add(model.base_model)
         entries.append({"name": model.id, "model_id": model.id, "threshold_override": override})
     if len(base_models) > 1:
@@ -88,6 +91,36 @@ def create_evaluation_job(
     return job, True
 
 
+def _evaluated_model(session: Session, model_id: str, organisation_id: str) -> Model:
+    return finished_model(
+        session, model_id, organisation_id, role="an evaluated model", use="evaluated", code="model_not_ready"
+    )
+
+
+def _baseline_entry(session: Session, name: str, organisation_id: str, override: float | None) -> dict:
+    """A model's TF-IDF baseline: the model must be one the organisation may evaluate (the same 404
+    for another organisation's id as for none), and must have been saved with a baseline. A
+    baseline reads the notes itself, so its model's base model does not constrain the others."""
+    model = _evaluated_model(session, name.removeprefix(BASELINE_PREFIX), organisation_id)
+    if not has_stored_baseline(model):
+        raise InvalidRequest(
+            f"model {model.id} has no stored baseline: it was trained before baselines were kept",
+            code="no_stored_baseline",
+            details={"model_id": model.id},
+        )
+    return {
+        "name": BASELINE_PREFIX + model.id,
+        "model_id": model.id,
+        "threshold_override": override,
+        "kind": "baseline",
+    }
+
+
+def has_stored_baseline(model: Model) -> bool:
+    """Models trained since baselines were kept carry one; older ones do not."""
+    return "baseline" in (model.manifest or {})
+
+
 def _check_model_list(spec: EvaluationSpec) -> None:
     if not 1 <= len(spec.models) <= MAX_MODELS:
         raise InvalidRequest(f"an evaluation compares 1 to {MAX_MODELS} models", code="model_count")
@@ -98,11 +131,20 @@ def _check_model_list(spec: EvaluationSpec) -> None:
         raise InvalidRequest(
             "'thresholds' names a model that is not in 'models'",
             code="threshold_for_unlisted_model",
-            details={"models": [safe_ref(name) if name != BASE else BASE for name in unlisted]},
+            details={"models": [_echoed(name) for name in unlisted]},
         )
     out_of_range = [name for name, value in spec.thresholds.items() if not 0.0 <= value <= 1.0]
     if out_of_range:
         raise InvalidRequest("a threshold must be between 0 and 1", code="threshold_out_of_range")
+
+
+def _echoed(name: str) -> str:
+    """A listed name as an error may repeat it: BASE, or an id of ours (with its baseline prefix)."""
+    if name == BASE:
+        return BASE
+    if name.startswith(BASELINE_PREFIX):
+        return BASELINE_PREFIX + safe_ref(name.removeprefix(BASELINE_PREFIX))
+    return safe_ref(name)
 
 
 def _check_size(settings: Settings, rows: int, n_resamples: int) -> None:

@@ -31,6 +31,7 @@ from core.settings import Settings
 METRIC_KEYS = (
     "validation_metrics",
     "comparison",
+    "baseline",
     "forgetting_check",
     "calibration",
     "best_epoch",
@@ -57,6 +58,7 @@ class ModelToEvaluate:
     model_id: str | None
     model_dir: Path | None  # None = the untrained base model
     threshold: float | None  # the request's threshold; None = the model's stored one
+    kind: str = "model"  # "baseline": the TF-IDF baseline stored in model_dir
 
 
 @dataclass(frozen=True)
@@ -289,4 +291,10 @@ def _model_to_evaluate(
         if row is None:
             raise Conflict("an evaluated model was deleted after the job was queued", code="model_deleted")
         model_dir = settings.stored_model(row.path)
-    return ModelToEvaluate(entry["name"], entry.get("model_id"), model_dir, entry.get("threshold_override"))
+    return ModelToEvaluate(
+        entry["name"],
+        entry.get("model_id"),
+        model_dir,
+        entry.get("threshold_override"),
+        entry.get("kind", "model"),
+    )

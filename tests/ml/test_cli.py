@@ -108,6 +108,36 @@ def test_predict_and_evaluate_print_json(capsys, trained, terse_csv):
     assert "roc_auc" in report["models"][1]["at_threshold"]
 
 
+def test_train_states_the_verdict_and_evaluate_takes_a_stored_baseline(capsys, trained, terse_csv, tmp_path):
+    from ml.baseline import load_baseline
+
+    manifest = json.loads((trained / "manifest.json").read_text())
+    assert manifest["comparison"]["verdict"].startswith(("the fine-tuned", "the TF-IDF"))
+    status, out, _ = run(
+        capsys,
+        "evaluate",
+        "--test",
+        terse_csv,
+        "--model",
+        trained,
+        "--baseline",
+        trained,
+        "--resamples",
+        "50",
+    )
+    report = json.loads(out)
+    assert status == 0 and [m["name"] for m in report["models"]] == [trained.name, f"baseline:{trained.name}"]
+    column = report["models"][1]
+    assert (column["kind"], column["threshold"], column["threshold_source"]) == ("baseline", 0.5, "stored")
+    assert column["model_id"] == manifest["id"]
+    status, _, err = run(capsys, "evaluate", "--test", terse_csv, "--baseline", tmp_path)
+    assert status == 2 and "no model at" in err
+    (tmp_path / "manifest.json").write_text(json.dumps({"id": "old", "base_model": manifest["base_model"]}))
+    status, _, err = run(capsys, "evaluate", "--test", terse_csv, "--baseline", tmp_path)
+    assert status == 2 and "no stored baseline" in err
+    assert load_baseline(trained).threshold == 0.5
+
+
 def test_synth_writes_a_seeded_csv(capsys, tmp_path):
     status, out, _ = run(
         capsys, "synth", "--n", "50", "--style", "terse", "--seed", "3", "--out", tmp_path / "a.csv"

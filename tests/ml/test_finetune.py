@@ -10,7 +10,7 @@ import torch
 
 from ml.config import ConfigError, MethodMismatchError, TrainConfig
 from ml.data import encode
-from ml.finetune import TrainHooks, TrainingCancelled, class_weights, finetune
+from ml.finetune import TrainHooks, TrainingCancelled, class_weights, finetune, split_for_training
 from ml.forward import predict_logits
 from ml.model_cache import ModelCache
 from ml.modeling import load_for_inference, load_tokenizer
@@ -244,3 +244,26 @@ def test_non_finite_and_out_of_range_values_are_refused():
     ]:
         with pytest.raises(ConfigError, match=key):
             TrainConfig.for_stage(1, "full", {key: value})
+
+
+def test_every_fine_tune_stores_its_baseline_and_the_verdict(lineage):
+    from ml.baseline import C_GRID, load_baseline, verdict
+    from ml.data import parse_labeled_csv
+    from ml.metrics import binary_metrics
+
+    _, root, first, second = lineage
+    for which, manifest in (("first", first), ("second", second)):
+        record, comparison = manifest["baseline"], manifest["comparison"]
+        assert record["kind"] == "tfidf_logistic_regression" and record["C"] in C_GRID
+        assert record["threshold"] == 0.5 and record["fit_seconds"] >= 0
+        assert record["train_rows"] == manifest["data"]["train_rows"]
+        assert comparison["baseline"] == record["validation_metrics"]
+        tuned, baseline_auc = comparison["fine_tuned"]["roc_auc"], comparison["baseline"]["roc_auc"]
+        assert comparison["verdict"] == verdict(tuned, baseline_auc)
+        # The stored baseline is the assessed one: it scores the validation notes as the manifest says.
+        source = "narrative.csv" if manifest["stage"] == 1 else "terse.csv"
+        notes = parse_labeled_csv(next(p for p in root.parent.rglob(source)).read_bytes())
+        config = TrainConfig.for_stage(manifest["stage"], manifest["method"], manifest["hyperparameters"])
+        _, val = split_for_training(notes, config)
+        probabilities = load_baseline(root / which).predict_proba(val.texts)
+        assert binary_metrics(val.labels, probabilities)["roc_auc"] == pytest.approx(baseline_auc, abs=1e-9)

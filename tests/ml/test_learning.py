@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import random
 
-import numpy as np
 import pytest
 import torch
 
 from ml.config import TrainConfig
 from ml.finetune import TrainHooks, finetune
 from ml.vocabulary import METHODS
-from models_store.store import read_manifest
 
-FILLER = ("patient seen in clinic", "follow up arranged", "labs reviewed", "imaging reviewed", "plan discussed")
+FILLER = (
+    "patient seen in clinic",
+    "follow up arranged",
+    "labs reviewed",
+    "imaging reviewed",
+    "plan discussed",
+)
 
 
 def marker_notes(n: int, words: tuple[str, str], seed: int) -> bytes:
@@ -55,7 +59,11 @@ class Recorder(TrainHooks):
 def adapter_tensors(model_dir) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    name = "adapter_model.safetensors" if (model_dir / "adapter_model.safetensors").exists() else "model.safetensors"
+    name = (
+        "adapter_model.safetensors"
+        if (model_dir / "adapter_model.safetensors").exists()
+        else "model.safetensors"
+    )
     return {key: value for key, value in load_file(model_dir / name).items() if "classifier" not in key}
 
 
@@ -70,7 +78,9 @@ def test_each_stage_learns_the_signal_only_it_sees(method, precision, tiny_bert,
         base_model=tiny_bert,
         hooks=first_hooks,
     )
-    assert first["comparison"]["fine_tuned"]["roc_auc"] > first["comparison"]["base_untrained"]["roc_auc"] + 0.3
+    assert (
+        first["comparison"]["fine_tuned"]["roc_auc"] > first["comparison"]["base_untrained"]["roc_auc"] + 0.3
+    )
     second_config = TrainConfig.for_parent(first, {**FEW_EPOCHS, "precision": precision, "refit_head": False})
     assert second_config.lr == TrainConfig.for_stage(2, method).lr
     second = finetune(
@@ -87,6 +97,8 @@ def test_each_stage_learns_the_signal_only_it_sees(method, precision, tiny_bert,
     assert second_hooks.losses[-1] < second_hooks.losses[0]
     assert second["trainable_parameters"] > 0
     before, after = adapter_tensors(tmp_path / "first"), adapter_tensors(tmp_path / "second")
-    moved = max(float((after[key].float() - before[key].float()).abs().max()) for key in before if key in after)
+    moved = max(
+        float((after[key].float() - before[key].float()).abs().max()) for key in before if key in after
+    )
     assert moved > 1e-4, "the encoder or adapter weights must move from the parent's"
     assert second["training_precision"] == ("bf16 autocast" if precision == "bf16" else "fp32")

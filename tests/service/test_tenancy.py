@@ -39,6 +39,7 @@ BODY_REFERENCES = {
         lambda a, b: {"test_dataset_id": a.dataset, "models": ["base"], "n_resamples": 100},
         lambda a, b: {"test_dataset_id": b.dataset, "models": ["base", a.model], "n_resamples": 100},
         lambda a, b: {"test_dataset_id": b.dataset, "models": [a.model, b.model], "n_resamples": 100},
+        lambda a, b: {"test_dataset_id": b.dataset, "models": [f"baseline:{a.model}"], "n_resamples": 100},
     ],
     ("POST", "/predict"): [
         lambda a, b: {"model_id": a.model, "texts": ["a short note"]},

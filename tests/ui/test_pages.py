@@ -442,3 +442,22 @@ def test_the_api_docs_load_their_assets_from_this_server(client):
         for asset in re.findall(r'(?:src|href)="(/static/[^"]+)"', html):
             assert client.get(asset).status_code == 200, asset
     assert client.get("/static/vendor/htmx/htmx.min.js").status_code == 200
+
+
+def test_the_baseline_is_shown_with_its_verdict_and_can_be_a_column(trained, trainer):
+    first = trained["first_model"]
+    assert "TF-IDF baseline vs fine-tuned" in trained["first_html"]
+    model_page = trainer.get(f"/ui/models/{first}").text
+    assert "TF-IDF baseline vs this model" in model_page
+    assert re.search(r"TF-IDF baseline is better|fine-tuned model is better|are level", model_page)
+    assert f'value="baseline:{first}"' in trainer.get("/ui/evaluate").text
+    response = post_form(
+        trainer,
+        "/ui/evaluate",
+        {"models": [f"baseline:{first}", first]},
+        files={"file": ("new.csv", notes_csv(30, seed=14), "text/csv")},
+    )
+    html = wait_for_page_job(trainer, job_id_from(response))
+    evaluation_id = re.search(r'href="/ui/evaluations/(\w+)"', html).group(1)
+    report = trainer.get(f"/ui/evaluations/{evaluation_id}")
+    assert report.status_code == 200 and "TF-IDF baseline · first ui" in report.text

@@ -28,7 +28,7 @@ from core.services import evaluations as evaluations_service
 from core.services import models as models_service
 from core.services.evaluations import EvaluationSpec
 from ml.errors import UserError
-from ml.vocabulary import BASE, MAX_MODELS, PLOT_KINDS, REPORT_TABLES
+from ml.vocabulary import BASE, BASELINE_PREFIX, MAX_MODELS, PLOT_KINDS, REPORT_TABLES
 
 router = page_router()
 
@@ -86,6 +86,8 @@ def _evaluate_form(request, session, settings, organisation_id, *, values, error
         "datasets": datasets_service.list_datasets(session, 0, limit, organisation_id=organisation_id).items,
         "models": models,
         "labels": views.model_labels(models),
+        "with_baseline": {model.id for model in models if evaluations_service.has_stored_baseline(model)},
+        "baseline_prefix": BASELINE_PREFIX,
         "values": values,
         "error": error,
         "max_models": MAX_MODELS,

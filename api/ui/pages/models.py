@@ -35,6 +35,10 @@ def model_page(model_id: str, request: Request, session: SessionDep, principal: 
         "base_rows": views.comparison_rows(
             comparison.get("base_untrained") or {}, comparison.get("fine_tuned") or {}
         ),
+        "baseline_rows": views.comparison_rows(
+            comparison.get("baseline") or {}, comparison.get("fine_tuned") or {}
+        ),
+        "baseline_verdict": views.baseline_verdict(comparison),
         "forgetting": views.forgetting_summary(metrics.get("forgetting_check")),
         "metric_labels": views.METRIC_LABELS,
     }

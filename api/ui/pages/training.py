@@ -188,6 +188,10 @@ def _job_context(session, job_id: str, organisation_id: str) -> dict[str, Any]:
             comparison.get("base_untrained") or {}, comparison.get("fine_tuned") or {}
         ),
         "parent_rows": views.comparison_rows(parent_vs.get("parent") or {}, parent_vs.get("second") or {}),
+        "baseline_rows": views.comparison_rows(
+            comparison.get("baseline") or {}, comparison.get("fine_tuned") or {}
+        ),
+        "baseline_verdict": views.baseline_verdict(comparison),
         "forgetting": views.forgetting_summary(metrics.get("forgetting_check")),
         "metric_labels": views.METRIC_LABELS,
         "model": _model_or_none(session, job.output_model_id, organisation_id)
