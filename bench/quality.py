@@ -50,8 +50,18 @@ VARIANTS: dict[str, dict] = {
     "no_lp_ft": {"refit_head": False},
     "l2sp": {"l2sp": 0.01},
     "rehearsal_0.5": {"rehearsal": 0.5},
+    "higher_lr": {},  # the stage-2 default rate times HIGHER_LR[method], set in `overrides_for`
 }
-DEFAULT_VARIANTS = "defaults,original,lp_ft_new_only,l2sp"
+# Adapters train few parameters and AdaLoRA's update is a product of three small factors (P E Q), so
+# the rates they need sit further above the default than a full fine-tune's.
+HIGHER_LR = {"full": 2, "lora": 5, "adalora": 10}
+DEFAULT_VARIANTS = "defaults,original,lp_ft_new_only,l2sp,higher_lr"
+
+
+def overrides_for(variant: str, method: str) -> dict:
+    if variant == "higher_lr":
+        return {"lr": TrainConfig.for_stage(2, method).lr * HIGHER_LR[method]}
+    return VARIANTS[variant]
 
 
 def csv_bytes(frame) -> bytes:
@@ -145,7 +155,8 @@ def main() -> None:
         )
         report_first(results)
         for variant in args.variants.split(","):
-            config = TrainConfig.for_parent(first, VARIANTS[variant])
+            overrides = overrides_for(variant, args.method)
+            config = TrainConfig.for_parent(first, overrides)
             name = f"second-{variant}"
             second, seconds = timed_finetune(
                 name,
@@ -156,7 +167,7 @@ def main() -> None:
                 parent_train_csv=csv_bytes(narrative_train),
             )
             results["second"][variant] = {
-                "overrides": VARIANTS[variant],
+                "overrides": overrides,
                 "train_seconds": round(seconds),
                 "best_epoch": second["best_epoch"],
                 "epochs_run": second["epochs_run"],

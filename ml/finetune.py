@@ -52,7 +52,7 @@ from ml.modeling import (
     trainable_parameter_count,
 )
 from ml.optim import WeightAnchor, WeightAverage, optimizer_for, training_uses_bf16
-from ml.probe import fit_head_by_linear_probe
+from ml.probe import apply_head, fit_head_by_linear_probe, trainable_head
 from ml.report import forgetting_check
 from models_store.store import atomic_directory, read_manifest, write_manifest
 
@@ -136,6 +136,10 @@ class _Trained:
     linear_probe: dict | None
     trainable_parameters: int
     adalora_ranks: dict | None
+    # The saved (best epoch's) model's validation logits, so assessing need not score it again.
+    validation_logits: np.ndarray
+    # What the untrained base's encoder gives the head on validation, when the probe computed it.
+    base_validation_features: np.ndarray | None
 
 
 @dataclass
@@ -190,7 +194,7 @@ def finetune(
     model = _build_model(prepared)
     trained = _train(model, prepared, hooks)
     hooks.phase("assessing")
-    assessment = _assess(model, prepared)
+    assessment = _assess(model, prepared, trained)
     manifest = build_manifest(model_id or uuid.uuid4().hex, prepared, trained, assessment)
     hooks.phase("saving")
     _save(model, prepared.tokenizer, manifest, Path(out_dir), assessment.baseline)
@@ -269,7 +273,7 @@ def _build_model(prepared: _Prepared) -> torch.nn.Module:
 
 def _train(model, prepared: _Prepared, hooks: TrainHooks) -> _Trained:
     """The head start, then the loop; leaves the model holding the best epoch's weights."""
-    probe = _head_start(model, prepared, hooks)
+    probe, base_features = _head_start(model, prepared, hooks)
     ranks_before = adalora_ranks(model)
     hooks.phase("training")
     run = _TrainingRun(model, prepared, hooks)
@@ -289,35 +293,38 @@ def _train(model, prepared: _Prepared, hooks: TrainHooks) -> _Trained:
         linear_probe=probe,
         trainable_parameters=trainable_parameter_count(model),
         adalora_ranks=ranks,
+        validation_logits=run.best_val_logits,
+        base_validation_features=base_features,
     )
 
 
-def _head_start(model, prepared: _Prepared, hooks: TrainHooks) -> dict | None:
+def _head_start(model, prepared: _Prepared, hooks: TrainHooks) -> tuple[dict | None, np.ndarray | None]:
     """Fit the head as a linear probe first: a new model's if head_init asks, a continued one's if
-    refit_head does. Returns the probe's report, or None."""
+    refit_head does. Returns the probe's report (or None) and, for a new model, the validation
+    features it read: the untrained base's, since a new adapter or encoder starts as the base."""
     config, split = prepared.config, prepared.split
     wants_probe = config.refit_head if prepared.parent is not None else config.head_init == "linear_probe"
     if not wants_probe:
-        return None
+        return None, None
     hooks.phase("fitting the linear probe")
     weight = class_weights(split.train.labels, config.weight_multiplier)[1]
-    return fit_head_by_linear_probe(
+    fitted = fit_head_by_linear_probe(
         model, split.train_ids, split.train.labels, split.val_ids, split.val.labels,
         prepared.tokenizer.pad_token_id, weight, prepared.device,
     )  # fmt: skip
+    return fitted.report, fitted.val_features if prepared.parent is None else None
 
 
-def _assess(model, prepared: _Prepared) -> _Assessment:
+def _assess(model, prepared: _Prepared, trained: _Trained) -> _Assessment:
     """Threshold and calibration on validation, and the comparisons with the base and the parent."""
     config, split, device, parent = prepared.config, prepared.split, prepared.device, prepared.parent
-    pad_id = prepared.tokenizer.pad_token_id
-    val_logits = predict_logits(model, split.val_ids, pad_id, config.eval_batch_size, device)
+    val_logits = trained.validation_logits
     temperature = (
         metric_fns.fit_temperature(val_logits, split.val.labels) if config.temperature_scaling else 1.0
     )
     val_prob = metric_fns.softmax_probability(val_logits, temperature)
     threshold, threshold_note = metric_fns.choose_threshold(split.val.labels, val_prob, config.threshold_mode)
-    comparison = _base_comparison(prepared, val_prob, threshold)
+    comparison = _base_comparison(prepared, val_prob, threshold, trained.base_validation_features)
     baseline, baseline_record = _baseline_comparison(prepared, comparison)
     forgetting = None
     if parent is not None:
@@ -398,6 +405,7 @@ class _TrainingRun:
         self.best_epoch = 0
         self.best_state: dict = {}
         self.best_rank_pattern: dict | None = None
+        self.best_val_logits: np.ndarray = np.zeros((0, 2))
         self.started = time.monotonic()
         self.weights = class_weights(split.train.labels, config.weight_multiplier).to(device)
         self.optimizer = optimizer_for(model, config.lr, config.weight_decay, config.layer_lr_decay)
@@ -417,11 +425,12 @@ class _TrainingRun:
             mean_loss = self._train_epoch(epoch, batches)
             eligible = self.global_step >= self.ranks_final_at
             with self._weights_to_keep():
-                val_metrics = self._validate()
+                val_logits, val_metrics = self._validate()
                 score = val_metrics.get(self.config.metric)
                 improved = eligible and (score is not None and score > self.best_score or not self.best_state)
                 if improved:
                     self._remember_best(epoch, score)
+                    self.best_val_logits = val_logits
             history.append({"epoch": epoch, "train_loss": mean_loss, "validation": val_metrics})
             self._report("epoch_end", epoch, mean_loss, val_metrics)
             if improved or not eligible:
@@ -499,12 +508,13 @@ class _TrainingRun:
         return float(loss.detach())
 
     @torch.no_grad()
-    def _validate(self) -> dict:
+    def _validate(self) -> tuple[np.ndarray, dict]:
         logits = predict_logits(
             self.model, self.split.val_ids, self.pad_id, self.config.eval_batch_size, self.device
         )
         self.model.train()
-        return metric_fns.binary_metrics(self.split.val.labels, metric_fns.softmax_probability(logits), 0.5)
+        probabilities = metric_fns.softmax_probability(logits)
+        return logits, metric_fns.binary_metrics(self.split.val.labels, probabilities, 0.5)
 
     def _report(self, event: str, epoch: int, loss: float, val_metrics: dict | None) -> None:
         if self.hooks.on_progress:
@@ -544,14 +554,20 @@ def _encoded_split(train: LabeledNotes, val: LabeledNotes, config: TrainConfig, 
     )
 
 
-def _base_comparison(prepared: _Prepared, tuned_prob, threshold: float) -> dict:
-    """Untrained base (seeded random head) vs the fine-tuned model on the validation split."""
+def _base_comparison(prepared: _Prepared, tuned_prob, threshold: float, base_features) -> dict:
+    """Untrained base (seeded random head) vs the fine-tuned model on the validation split.
+
+    With the base encoder's features at hand (the probe read them), only its head is applied: the
+    same logits as a forward pass of the base, without scoring the notes again."""
     config, val = prepared.config, prepared.split.val
     base = load_base_classifier(prepared.base_model, config.pooling).to(prepared.device).eval()
-    pad_id = load_tokenizer(prepared.base_model).pad_token_id
-    base_logits = predict_logits(
-        base, prepared.split.val_ids, pad_id, config.eval_batch_size, prepared.device
-    )
+    if base_features is not None:
+        base_logits = apply_head(trainable_head(base), base_features)
+    else:
+        pad_id = load_tokenizer(prepared.base_model).pad_token_id
+        base_logits = predict_logits(
+            base, prepared.split.val_ids, pad_id, config.eval_batch_size, prepared.device
+        )
     base_prob = metric_fns.softmax_probability(base_logits)
     return {
         "on": "validation split",

@@ -200,6 +200,8 @@ def split_sentences(input_ids: torch.Tensor, attention_mask: torch.Tensor, start
     return Sentences(ids, mask, note, count)
 
 
+HEAD_INPUT_DROPOUT = 0.0
+
 POOLING_CLASSES = {
     "mean": BertMeanPoolingForSequenceClassification,
     "max": BertMaxPoolingForSequenceClassification,
@@ -212,7 +214,12 @@ def load_classifier(source: str | Path, pooling: str) -> torch.nn.Module:
     source = str(source)
     pooling = effective_pooling(source, pooling)
     if pooling in POOLING_CLASSES:
-        model = POOLING_CLASSES[pooling].from_pretrained(source, num_labels=NUM_LABELS)
+        # No dropout on what the head reads: pooled features are far from zero-mean and vary little
+        # between notes, so zeroing 10% of them moves a probe-fitted head's logits by many times the
+        # gap between notes, and training spent its steps fighting that noise instead of learning.
+        model = POOLING_CLASSES[pooling].from_pretrained(
+            source, num_labels=NUM_LABELS, classifier_dropout=HEAD_INPUT_DROPOUT
+        )
         if pooling == "sentences":
             model.config.sentence_start_id = AutoTokenizer.from_pretrained(source).cls_token_id
         return model

@@ -27,19 +27,28 @@ FILLER = (
 )
 
 
-def marker_notes(n: int, words: tuple[str, str], seed: int) -> bytes:
-    """Notes whose label is which of two marker words they mention, among shared filler."""
+FIRST_MARKERS, SECOND_MARKERS = ("alpha", "beta"), ("gamma", "delta")
+LABEL_NOISE = 0.1  # some labels flipped, so AUCs are not all 0 or 1 and the loss cannot reach 0
+
+
+def marker_notes(n: int, signal: tuple[str, str], noise: tuple[str, str], seed: int) -> bytes:
+    """Notes whose label is which `signal` word they mention; each also mentions one `noise` word,
+    drawn independently of the label, so a model trained on them learns to ignore those words."""
     rng = random.Random(seed)
     rows = ["Text,label"]
     for index in range(n):
         label = index % 2
         filler = rng.sample(FILLER, 2)
-        rows.append(f"{filler[0]} . marker {words[label]} noted . {filler[1]} .,{label}")
+        written = label if rng.random() > LABEL_NOISE else 1 - label
+        rows.append(
+            f"{filler[0]} . marker {signal[written]} noted . {rng.choice(noise)} seen . {filler[1]} .,{label}"
+        )
     return ("\n".join(rows) + "\n").encode()
 
 
-FIRST_NOTES = marker_notes(80, ("alpha", "beta"), seed=1)
-SECOND_NOTES = marker_notes(80, ("gamma", "delta"), seed=2)
+# The first stage sees the second stage's words only as noise; the second stage sees the first's so.
+FIRST_NOTES = marker_notes(240, FIRST_MARKERS, SECOND_MARKERS, seed=1)
+SECOND_NOTES = marker_notes(240, SECOND_MARKERS, FIRST_MARKERS, seed=2)
 # Fewer epochs than the stage defaults; everything else (learning rate, warm-up capped at half the
 # run, pooling, head start) is the stage's default.
 FEW_EPOCHS = {"epochs": 4, "max_length": 32}

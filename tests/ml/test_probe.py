@@ -11,7 +11,7 @@ from ml.data import encode, parse_labeled_csv
 from ml.finetune import finetune, split_for_training
 from ml.forward import predict_logits
 from ml.modeling import load_base_classifier, load_tokenizer
-from ml.probe import PROBE_C, fit_head_by_linear_probe
+from ml.probe import PROBE_C, apply_head, fit_head_by_linear_probe, trainable_head
 
 CPU = torch.device("cpu")
 
@@ -23,11 +23,16 @@ def test_the_fitted_head_scores_like_the_probe(tiny_bert, narrative_csv):
     train_ids, val_ids = (encode(tokenizer, part.texts, 64, "sentences") for part in (train, val))
     model = load_base_classifier(tiny_bert, "sentences")
     before = predict_logits(model, val_ids, tokenizer.pad_token_id, 16, CPU)
-    chosen = fit_head_by_linear_probe(
+    fitted = fit_head_by_linear_probe(
         model, train_ids, train.labels, val_ids, val.labels, tokenizer.pad_token_id, 1.5, CPU
     )
+    chosen = fitted.report
     after = predict_logits(model, val_ids, tokenizer.pad_token_id, 16, CPU)
     assert chosen["C"] in PROBE_C
+    # The features the probe read give the base's own logits through the base's head (what a fine-tune
+    # reports as the untrained base without scoring the notes again).
+    base_head = trainable_head(load_base_classifier(tiny_bert, "sentences"))
+    np.testing.assert_allclose(apply_head(base_head, fitted.val_features), before, atol=1e-5)
     assert not np.allclose(before, after)
     log_odds = after[:, 1] - after[:, 0]
     assert roc_auc_score(val.labels, log_odds) == chosen["validation_roc_auc"]
