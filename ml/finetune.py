@@ -308,10 +308,13 @@ def _head_start(model, prepared: _Prepared, hooks: TrainHooks) -> tuple[dict | N
         return None, None
     hooks.phase("fitting the linear probe")
     weight = class_weights(split.train.labels, config.weight_multiplier)[1]
+    bf16 = training_uses_bf16(config.precision, prepared.device)
     fitted = fit_head_by_linear_probe(
         model, split.train_ids, split.train.labels, split.val_ids, split.val.labels,
-        prepared.tokenizer.pad_token_id, weight, prepared.device,
+        prepared.tokenizer.pad_token_id, weight, prepared.device, bf16,
     )  # fmt: skip
+    # Under bf16 the features (and so the base's scores drawn from them) round differently from an
+    # fp32 forward pass, by far less than the untrained base's distance from chance.
     return fitted.report, fitted.val_features if prepared.parent is None else None
 
 
@@ -487,7 +490,8 @@ class _TrainingRun:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             outputs = self.model(**batch, labels=labels if self.config.method == "adalora" else None)
         logits = outputs.logits.float()
-        loss = F.cross_entropy(logits, labels, weight=self.weights)
+        task_loss = F.cross_entropy(logits, labels, weight=self.weights)
+        loss = task_loss
         if self.anchor is not None:
             loss = loss + self.anchor.penalty()
         if self.config.method == "adalora":
@@ -505,7 +509,9 @@ class _TrainingRun:
         self.optimizer.zero_grad(set_to_none=True)
         if self.average:
             self.average.update(self.global_step)
-        return float(loss.detach())
+        # Reported: the class-weighted cross-entropy alone. The regularisers (AdaLoRA's orthogonality,
+        # L2-SP) are optimised too, but adding them would hide whether the model fits the notes.
+        return float(task_loss.detach())
 
     @torch.no_grad()
     def _validate(self) -> tuple[np.ndarray, dict]:

@@ -31,12 +31,16 @@ class ProbeFit:
 
 
 def fit_head_by_linear_probe(
-    model, train_ids, train_labels, val_ids, val_labels, pad_id, class_weight, device
+    model, train_ids, train_labels, val_ids, val_labels, pad_id, class_weight, device, bf16: bool = False
 ) -> ProbeFit:
-    """Set the trainable classifier head to a logistic regression fitted on frozen features."""
+    """Set the trainable classifier head to a logistic regression fitted on frozen features.
+
+    `bf16`: read the features under bf16 autocast, as training will (the pass over every note costs
+    about a third of a training epoch; in fp32 on a CPU with AMX it cost 40% of one).
+    """
     head = trainable_head(model)
-    train_x = head_inputs(model, head, train_ids, pad_id, device)
-    val_x = head_inputs(model, head, val_ids, pad_id, device)
+    train_x = head_inputs(model, head, train_ids, pad_id, device, bf16=bf16)
+    val_x = head_inputs(model, head, val_ids, pad_id, device, bf16=bf16)
     mean, scale = train_x.mean(axis=0), train_x.std(axis=0) + 1e-6
     weights = {0: 1.0, 1: float(class_weight)}
     best = None
@@ -69,8 +73,10 @@ def trainable_head(model) -> torch.nn.Linear:
 
 
 @torch.inference_mode()
-def head_inputs(model, head, token_ids: list[list[int]], pad_id: int, device, batch_size: int = 64):
-    """What the head reads for each note, in input order."""
+def head_inputs(
+    model, head, token_ids: list[list[int]], pad_id: int, device, batch_size: int = 64, bf16: bool = False
+):
+    """What the head reads for each note, in input order (encoded under bf16 autocast if `bf16`)."""
     was_training = model.training
     model.eval()
     captured: list[torch.Tensor] = []
@@ -80,7 +86,8 @@ def head_inputs(model, head, token_ids: list[list[int]], pad_id: int, device, ba
         for indices in inference_batches([len(ids) for ids in token_ids], batch_size):
             batch = {k: v.to(device) for k, v in pad_batch([token_ids[i] for i in indices], pad_id).items()}
             captured.clear()
-            model(**batch)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                model(**batch)
             features[indices] = captured[-1].float().cpu().numpy()
     finally:
         hook.remove()

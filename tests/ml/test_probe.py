@@ -54,17 +54,20 @@ def test_a_first_fine_tune_can_start_from_the_probe(tiny_bert, narrative_csv, tm
     assert plain["logit_fingerprint"] != manifest["logit_fingerprint"]
 
 
-def test_a_continued_fine_tune_keeps_its_head_unless_asked_to_refit_it(
+def test_a_continued_fine_tune_refits_its_head_by_default_or_keeps_it_when_asked(
     tiny_bert, narrative_csv, terse_csv, tmp_path
 ):
     fast = {"epochs": 1, "max_length": 64, "batch_size": 8, "warmup_steps": 2}
     finetune(narrative_csv, TrainConfig.for_stage(1, "lora", fast), tmp_path / "first", base_model=tiny_bert)
     kept = finetune(
-        terse_csv, TrainConfig.for_stage(2, "lora", fast), tmp_path / "kept", parent_dir=tmp_path / "first"
+        terse_csv,
+        TrainConfig.for_stage(2, "lora", {**fast, "refit_head": False}),
+        tmp_path / "kept",
+        parent_dir=tmp_path / "first",
     )
     refit = finetune(
         terse_csv,
-        TrainConfig.for_stage(2, "lora", {**fast, "refit_head": True}),
+        TrainConfig.for_stage(2, "lora", fast),
         tmp_path / "refit",
         parent_dir=tmp_path / "first",
     )
