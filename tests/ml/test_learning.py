@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from ml.config import TrainConfig
-from ml.finetune import TrainHooks, finetune
+from ml.finetune import TrainHooks, _prepare, finetune
 from ml.vocabulary import METHODS
 
 FILLER = (
@@ -122,3 +122,29 @@ def test_each_stage_learns_the_signal_only_it_sees(method, precision, tiny_bert,
     )
     assert moved > 1e-4, "the encoder or adapter weights must move from the parent's"
     assert second["training_precision"] == ("bf16 autocast" if precision == "bf16" else "fp32")
+
+
+def test_rehearsal_mixes_the_parents_training_notes_or_says_why_not(
+    tiny_bert, narrative_csv, terse_csv, tmp_path
+):
+    quick = {"epochs": 1, "max_length": 32, "head_init": "random"}
+    parent_notes = narrative_csv.read_bytes()  # synthetic notes: every text differs
+    first = finetune(
+        parent_notes, TrainConfig.for_stage(1, "lora", quick), tmp_path / "first", base_model=tiny_bert
+    )
+    config = TrainConfig.for_parent(first, {**quick, "rehearsal": 0.5, "refit_head": False})
+    mixed = finetune(
+        terse_csv, config, tmp_path / "mixed", parent_dir=tmp_path / "first", parent_train_csv=parent_notes
+    )
+    new_rows = mixed["data"]["train_rows"]
+    assert mixed["rehearsal"]["notes"] == mixed["data"]["rehearsed_rows"] == round(0.5 * new_rows)
+    assert new_rows + mixed["data"]["validation_rows"] == mixed["data"]["rows"]
+    # Drawn from the parent's training split, never its validation notes (those judge forgetting).
+    prepared = _prepare(terse_csv, config, None, tmp_path / "first", parent_notes)
+    replayed = prepared.split.train.texts[new_rows:]
+    assert len(replayed) == mixed["rehearsal"]["notes"]
+    assert set(replayed) <= set(prepared.parent_notes.train.texts)
+    assert not set(replayed) & set(prepared.parent_notes.val.texts)
+    alone = finetune(terse_csv, config, tmp_path / "alone", parent_dir=tmp_path / "first")
+    assert alone["rehearsal"]["notes"] == 0 and "not available" in alone["rehearsal"]["skipped"]
+    assert alone["data"]["rehearsed_rows"] == 0

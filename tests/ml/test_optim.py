@@ -65,3 +65,20 @@ def test_a_run_with_the_average_saves_the_averaged_weights(tiny_bert, narrative_
 def test_out_of_range_values_are_named(bad):
     with pytest.raises(ConfigError, match=next(iter(bad))):
         TrainConfig.for_stage(1, "full", bad)
+
+
+def test_l2sp_penalty_is_half_the_strength_times_the_squared_distance_from_the_start():
+    from ml.optim import WeightAnchor
+
+    model = torch.nn.Sequential()
+    model.add_module("encoder", torch.nn.Linear(3, 2))
+    model.add_module("classifier", torch.nn.Linear(2, 2))
+    anchor = WeightAnchor(model, strength=0.4)
+    assert float(anchor.penalty()) == 0.0
+    with torch.no_grad():
+        model.encoder.weight += 0.5  # 6 entries moved by 0.5
+        model.classifier.weight += 3.0  # the head is left free
+    assert float(anchor.penalty()) == pytest.approx(0.5 * 0.4 * 6 * 0.25)
+    anchor.penalty().backward()
+    assert torch.allclose(model.encoder.weight.grad, torch.full((2, 3), 0.4 * 0.5))
+    assert model.classifier.weight.grad is None
