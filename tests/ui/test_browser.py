@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from ml.vocabulary import PLOT_KINDS
 from tests.service.helpers import notes_csv
 
 CHROMIUM = Path(os.environ.get("NOTETUNE_CHROMIUM", "/usr/bin/chromium"))
@@ -171,7 +172,7 @@ def test_the_four_steps_in_a_browser(chromium, live_server, keys, shots, tmp_pat
     page.click("text=Open the report")
     page.wait_for_load_state("load")
     widths = page.evaluate("() => [...document.images].map(image => image.naturalWidth)")
-    assert len(widths) == 4 and all(width > 0 for width in widths)  # the four plots drew
+    assert len(widths) == len(PLOT_KINDS) and all(width > 0 for width in widths)  # every plot drew
     report = page.inner_text("main")
     assert "DeLong p" in report and "hospital A" in report and "hospital B" in report
     visit.shot("08-test-report")
