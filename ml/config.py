@@ -160,6 +160,11 @@ class TrainConfig:
         ge=0,
         le=10000,
     )
+    freeze_encoder: bool = _option(
+        False,
+        "Train the classifier head alone, the encoder and any adapter frozen: the head-only "
+        "counterfactual a fine-tune is measured against.",
+    )
     val_fraction: float = _option(0.2, "Share of the notes held out for validation.", ge=0.05, le=0.5)
     min_rows: int = _option(20, "Fewest notes a training file may have.", ge=10)
     threshold_mode: str = _option(

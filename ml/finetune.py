@@ -268,7 +268,15 @@ def _build_model(prepared: _Prepared) -> torch.nn.Module:
         model = method.resume(prepared.parent_dir, config, prepared.base_model, prepared.total_steps)
     else:
         model = method.start(config, prepared.base_model, prepared.total_steps)
+    if config.freeze_encoder:
+        _freeze_all_but_head(model)
     return model.to(prepared.device)
+
+
+def _freeze_all_but_head(model: torch.nn.Module) -> None:
+    """Only the classifier head trains (for PEFT models, its copy in modules_to_save)."""
+    for name, param in model.named_parameters():
+        param.requires_grad_("classifier" in name and param.requires_grad)
 
 
 def _train(model, prepared: _Prepared, hooks: TrainHooks) -> _Trained:
@@ -398,7 +406,7 @@ class _TrainingRun:
         self.model, self.config, self.split, self.hooks, self.device = model, config, split, hooks, device
         self.pad_id, self.total_steps = prepared.tokenizer.pad_token_id, prepared.total_steps
         # A continued AdaLoRA adapter is loaded already cut to its ranks: nothing to allocate.
-        self.allocate_ranks = config.method == "adalora" and prepared.parent is None
+        self.allocate_ranks = config.method == "adalora" and prepared.parent is None and not config.freeze_encoder
         # Until the ranks are final an epoch is neither kept nor counted towards early stopping, or the
         # saved model would be LoRA with extra steps (ranks still at init_r).
         self.ranks_final_at = self._ranks_final_step() if self.allocate_ranks else 0
