@@ -61,7 +61,10 @@ def _add_train(commands) -> None:
         "--parent", type=Path, help="a fine-tuned model directory to continue (second fine-tune)"
     )
     train.add_argument(
-        "--parent-train", type=Path, help="the parent's training CSV, for the forgetting check"
+        "--parent-train",
+        type=Path,
+        help="the parent's training CSV, for rehearsal, interpolation and the forgetting check "
+        "(default: the file the parent recorded, if it is still there and unchanged)",
     )
     train.add_argument("--method", choices=METHODS, help="default full; inherited with --parent")
     train.add_argument("--base-model", help="local path or hub name (default: the packaged MiniLM)")
@@ -107,8 +110,11 @@ def run_train(args: argparse.Namespace) -> int:
 
     quiet_library_logs()
     overrides = {spec.name: getattr(args, spec.name) for spec in hyperparameter_fields()}
+    parent_train = args.parent_train
     if args.parent:
-        config = TrainConfig.for_parent(read_manifest(args.parent), overrides, method=args.method)
+        parent = read_manifest(args.parent)
+        config = TrainConfig.for_parent(parent, overrides, method=args.method)
+        parent_train = parent_train or _recorded_training_file(parent)
     else:
         config = TrainConfig.for_stage(1, args.method or "full", overrides)
     with _ProgressBar(enabled=not args.quiet) as progress:
@@ -119,12 +125,37 @@ def run_train(args: argparse.Namespace) -> int:
             model_id=args.out.name,
             base_model=args.base_model,
             parent_dir=args.parent,
-            parent_train_csv=args.parent_train,
+            parent_train_csv=parent_train,
             hooks=progress.hooks(),
         )
     _print_json(manifest)
     print(f"notetune: {manifest['comparison']['verdict']}", file=sys.stderr)
     return 0
+
+
+def _recorded_training_file(parent: dict) -> Path | None:
+    """The parent's training file where its manifest says it was read from, if it is unchanged; else
+    None, said loudly: without it there is no rehearsal, no interpolation against forgetting and no
+    forgetting check."""
+    import hashlib
+
+    recorded = (parent.get("data") or {}).get("path")
+    path = Path(recorded) if recorded else None
+    if path is not None and path.is_file():
+        if hashlib.sha256(path.read_bytes()).hexdigest() == parent["data"]["sha256"]:
+            print(f"notetune: using the parent's training notes from {path}", file=sys.stderr)
+            return path
+        problem = f"the parent's training file {path} has changed since the parent was trained"
+    elif path is not None:
+        problem = f"the parent's training file {path} is not there any more"
+    else:
+        problem = "the parent does not record where its training notes were"
+    print(
+        f"notetune: WARNING: {problem}; pass --parent-train. This run will train on the new notes "
+        "alone: no rehearsal, nothing holds back forgetting, and no forgetting check.",
+        file=sys.stderr,
+    )
+    return None
 
 
 class _ProgressBar:

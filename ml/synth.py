@@ -729,13 +729,19 @@ def write_note(patient: Patient, style: str, rng: random.Random) -> str:
     return narrative_note(patient, rng) if style == "narrative" else terse_note(patient, rng)
 
 
-def generate(n: int, style: str = "narrative", seed: int = 0, include_truth: bool = False) -> pd.DataFrame:
-    """`n` notes with columns Text and label (1 = died), plus true_prob when include_truth."""
+def generate(
+    n: int, style: str = "narrative", seed: int = 0, include_truth: bool = False, effect_scale: float = 1.0
+) -> pd.DataFrame:
+    """`n` notes with columns Text and label (1 = died), plus true_prob when include_truth.
+
+    `effect_scale` multiplies every effect (not the intercept): below 1 the facts say less about the
+    outcome and the best possible AUC falls, so a benchmark can try its defaults on weaker signals.
+    """
     check_style(style)
     patients = sample_patients(n, seed, style)
     label_rng = stream(style, seed, "labels")
     text_rng = stream(style, seed, "text")
-    probabilities = [true_probability(patient, style) for patient in patients]
+    probabilities = [_scaled_probability(patient, style, effect_scale) for patient in patients]
     frame = pd.DataFrame(
         {
             "Text": [write_note(patient, style, text_rng) for patient in patients],
@@ -745,6 +751,14 @@ def generate(n: int, style: str = "narrative", seed: int = 0, include_truth: boo
     if include_truth:
         frame["true_prob"] = probabilities
     return frame
+
+
+def _scaled_probability(patient: Patient, style: str, effect_scale: float) -> float:
+    if effect_scale == 1.0:
+        return true_probability(patient, style)
+    risk = risk_for(style)
+    logit = risk.intercept + effect_scale * (log_odds(patient, risk) - risk.intercept)
+    return 1.0 / (1.0 + math.exp(-logit))
 
 
 def best_possible_auc(frame: pd.DataFrame) -> float:

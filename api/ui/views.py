@@ -119,6 +119,70 @@ def epoch_chart(events: list[JobEvent], epochs: int | None) -> EpochChart | None
     return EpochChart(width, height, left, top, plot_width, plot_height, total, lines)
 
 
+@dataclass(frozen=True)
+class DialPoint:
+    weight: float
+    new_site: float | None
+    parent_site: float | None
+    chosen: bool
+
+
+@dataclass(frozen=True)
+class DialView:
+    """The forgetting dial (weight interpolation) as the page shows it: a table and an SVG curve."""
+
+    weight: float
+    points: list[DialPoint]
+    head_only_kept: bool
+    width: int = 360
+    height: int = 170
+    left: int = 44
+    top: int = 10
+    plot_width: int = 220
+    plot_height: int = 130
+    low: float = 0.0
+    high: float = 1.0
+
+    def x(self, weight: float) -> float:
+        return self.left + self.plot_width * weight
+
+    def y(self, value: float) -> float:
+        return self.top + self.plot_height * (self.high - value) / max(self.high - self.low, 1e-9)
+
+    def path(self, site: str) -> str:
+        values = [(p.weight, getattr(p, site)) for p in self.points if getattr(p, site) is not None]
+        return " ".join(f"{self.x(w):.1f},{self.y(v):.1f}" for w, v in values)
+
+    @property
+    def ticks(self) -> list[float]:
+        return [self.low + (self.high - self.low) * k / 4 for k in range(5)]
+
+
+def dial_view(record: dict[str, Any] | None) -> DialView | None:
+    """None when the run did not interpolate (setting off, or a model from before the dial)."""
+    curve = (record or {}).get("curve")
+    if not curve:
+        return None
+    points = [
+        DialPoint(
+            float(p["weight"]),
+            _number(p.get("new_site_roc_auc")),
+            _number(p.get("parent_site_roc_auc")),
+            float(p["weight"]) == float(record["weight"]),
+        )
+        for p in curve
+    ]
+    values = [v for p in points for v in (p.new_site, p.parent_site) if v is not None]
+    low, high = (min(values), max(values)) if values else (0.0, 1.0)
+    margin = max((high - low) * 0.1, 0.005)
+    weight = float(record["weight"])
+    return DialView(weight, points, weight == 0.0, low=low - margin, high=high + margin)
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and value == value else None
+
+
 def comparison_rows(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
     """(metric, a, b, b - a) for two metric sets of the same notes."""
     return [

@@ -42,6 +42,7 @@ METRIC_KEYS = (
     "temperature",
     "trainable_parameters",
     "adalora_ranks",
+    "interpolation",
 )
 
 

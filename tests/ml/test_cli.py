@@ -177,3 +177,36 @@ def test_every_hyperparameter_is_a_train_flag_with_its_help(capsys):
     for spec in hyperparameter_fields():
         assert "--" + spec.name.replace("_", "-") in out, spec.name
     assert "Notes per training step. (between 1 and 1024; default 16)" in out
+
+
+def test_a_second_fine_tune_finds_the_parents_recorded_training_notes(capsys, trained, terse_csv, tmp_path):
+    """The parent recorded where its notes were (and their sha256): --parent alone uses them."""
+    capsys.readouterr()
+    status, out, err = run(
+        capsys, "train", "--train", terse_csv, "--parent", trained, "--epochs", "1", "--max-length", "64",
+        "--out", tmp_path / "second",
+    )  # fmt: skip
+    manifest = json.loads(out)
+    assert status == 0 and "using the parent's training notes" in err
+    assert manifest["rehearsal"]["notes"] > 0 and "forgetting_check" in manifest
+
+
+def test_a_second_fine_tune_says_loudly_when_the_parents_notes_are_gone(
+    capsys, tiny_bert, narrative_csv, terse_csv, tmp_path
+):
+    notes = tmp_path / "first.csv"
+    notes.write_bytes(narrative_csv.read_bytes())
+    quick = ["--epochs", "1", "--max-length", "64", "--quiet"]
+    assert main(["train", "--train", str(notes), "--base-model", tiny_bert, "--method", "lora", *quick,
+                 "--out", str(tmp_path / "first")]) == 0  # fmt: skip
+    notes.write_bytes(narrative_csv.read_bytes() + b"one more note,1\n")  # changed since
+    capsys.readouterr()
+    status, out, err = run(capsys, "train", "--train", terse_csv, "--parent", tmp_path / "first", *quick,
+                           "--out", tmp_path / "changed")  # fmt: skip
+    assert status == 0 and "WARNING" in err and "has changed" in err
+    assert json.loads(out)["rehearsal"]["notes"] == 0
+    notes.unlink()
+    status, out, err = run(capsys, "train", "--train", terse_csv, "--parent", tmp_path / "first", *quick,
+                           "--out", tmp_path / "gone")  # fmt: skip
+    assert status == 0 and "WARNING" in err and "not there any more" in err
+    assert "forgetting_check" not in json.loads(out)

@@ -146,3 +146,24 @@ def test_truncation_is_counted_per_sentence_with_sentence_pooling(tiny_bert):
     _, sentences = inspect_csv(raw, max_length=64, base_model=tiny_bert, pooling="sentences")
     assert whole_notes.truncated_at_max_length == 1
     assert sentences.truncated_at_max_length == 0
+
+
+def test_a_training_sentence_budget_keeps_whole_sentences_in_order():
+    import numpy as np
+
+    from ml.data import sample_sentences
+
+    cls = 101
+    note = [cls, 1, 2, 102, cls, 3, 102, cls, 4, 5, 6, 102, cls, 7, 102]
+    sentences = [note[0:4], note[4:7], note[7:12], note[12:15]]
+    kept = sample_sentences(note, 2, cls, np.random.default_rng(0))
+    pieces = [
+        kept[i : kept.index(cls, i + 1) if cls in kept[i + 1 :] else len(kept)]
+        for i, t in enumerate(kept)
+        if t == cls
+    ]
+    assert len(pieces) == 2 and all(piece in sentences for piece in pieces)
+    assert [sentences.index(p) for p in pieces] == sorted(sentences.index(p) for p in pieces)
+    assert sample_sentences(note, 4, cls, np.random.default_rng(0)) == note
+    draws = {tuple(sample_sentences(note, 2, cls, np.random.default_rng(seed))) for seed in range(20)}
+    assert len(draws) > 1, "a fresh subset per draw"

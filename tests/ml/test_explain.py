@@ -7,13 +7,14 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
+from ml.architectures import load_base_classifier
 from ml.config import TrainConfig
 from ml.data import encode, sentences_of
 from ml.explain import ExplanationUnavailable, explain, explain_cached
 from ml.finetune import finetune
 from ml.forward import predict_logits
 from ml.model_cache import ModelCache
-from ml.modeling import load_base_classifier, load_tokenizer
+from ml.modeling import load_tokenizer
 
 NOTES = [
     "67-year-old woman with stage IIIA IDC. ER negative, PR negative.\nECOG 2; she lives alone.",

@@ -151,17 +151,19 @@ def test_adalora_ranks_change_in_the_first_run_and_stay_frozen_in_the_second(
 def test_adalora_keeps_its_orthogonal_regulariser(tiny_bert, narrative_csv):
     """The regulariser is optimised though not shown in the reported task loss: three steps from the same
     seeded start move AdaLoRA's P matrices differently with and without it."""
-    from ml.finetune import _build_model, _prepare, _TrainingRun
+    from ml.finetune import build_model
+    from ml.training.inputs import prepare
+    from ml.training.loop import TrainingRun
 
     after_steps = {}
     for weight in (0.0, 50.0):
         config = first_config("adalora", epochs=1, adalora_orth_reg_weight=weight)
-        prepared = _prepare(narrative_csv, config, tiny_bert, None)
-        model = _build_model(prepared)
-        run = _TrainingRun(model, prepared, TrainHooks())
+        prepared = prepare(narrative_csv, config, tiny_bert, None)
+        model = build_model(prepared)
+        run = TrainingRun(model, prepared)
         model.train()
         for _ in range(3):  # the warm-up gives the first step a learning rate of 0
-            run._step(list(range(config.batch_size)))
+            run._step(list(range(config.batch_size)), np.random.default_rng(0))
         after_steps[weight] = torch.cat(
             [p.detach().flatten() for name, p in model.named_parameters() if "lora_A" in name]
         )

@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from ml.config import TrainConfig
-from ml.finetune import TrainHooks, _prepare, finetune
+from ml.finetune import TrainHooks, finetune
+from ml.training.inputs import prepare
 from ml.vocabulary import METHODS
 
 FILLER = (
@@ -140,7 +141,7 @@ def test_rehearsal_mixes_the_parents_training_notes_or_says_why_not(
     assert mixed["rehearsal"]["notes"] == mixed["data"]["rehearsed_rows"] == round(0.5 * new_rows)
     assert new_rows + mixed["data"]["validation_rows"] == mixed["data"]["rows"]
     # Drawn from the parent's training split, never its validation notes (those judge forgetting).
-    prepared = _prepare(terse_csv, config, None, tmp_path / "first", parent_notes)
+    prepared = prepare(terse_csv, config, None, tmp_path / "first", parent_notes)
     replayed = prepared.split.train.texts[new_rows:]
     assert len(replayed) == mixed["rehearsal"]["notes"]
     assert set(replayed) <= set(prepared.parent_notes.train.texts)

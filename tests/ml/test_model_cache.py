@@ -87,9 +87,10 @@ def test_peft_base_logits_equal_the_plain_base(models, tiny_bert):
     """disable_adapter() on a LoRA model gives the untrained base, seeded head included."""
     import torch
 
+    from ml.architectures import load_base_classifier
     from ml.data import encode
     from ml.forward import predict_logits
-    from ml.modeling import load_base_classifier, load_tokenizer
+    from ml.modeling import load_tokenizer
 
     tokenizer = load_tokenizer(tiny_bert)
     ids = encode(tokenizer, NOTES, 64)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ml.architectures import load_base_classifier
 from ml.config import ConfigError, TrainConfig
 from ml.finetune import finetune
-from ml.modeling import load_base_classifier
 from ml.optim import WeightAverage, parameter_groups, scaled_learning_rates
 
 

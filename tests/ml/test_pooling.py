@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 import torch
 
+from ml.architectures import load_base_classifier, split_sentences
 from ml.config import TrainConfig
 from ml.data import encode, pad_batch, sentences_of
 from ml.finetune import finetune
 from ml.forward import predict_logits
 from ml.model_cache import ModelCache
-from ml.modeling import load_base_classifier, load_for_inference, load_tokenizer, split_sentences
+from ml.modeling import load_for_inference, load_tokenizer
 
 NOTES = [
     "67-year-old woman with stage IIIA IDC. ER negative, PR negative.\nECOG 2; she lives alone.",
@@ -98,7 +99,7 @@ def test_fine_tune_reload_and_serve_with_each_pooling(
 
 
 def test_length_groups_cover_every_sentence_and_split_where_padding_would_cost_more():
-    from ml.modeling import CALL_COST_TOKENS, MAX_GROUP_TOKENS, length_groups
+    from ml.architectures import CALL_COST_TOKENS, MAX_GROUP_TOKENS, length_groups
 
     lengths = sorted([5, 6, 6, 7, 30, 31, 33, 60, 61, 120] * 3)
     sizes = length_groups(lengths)

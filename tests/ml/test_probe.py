@@ -6,11 +6,12 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
+from ml.architectures import load_base_classifier
 from ml.config import TrainConfig
 from ml.data import encode, parse_labeled_csv
 from ml.finetune import finetune, split_for_training
 from ml.forward import predict_logits
-from ml.modeling import load_base_classifier, load_tokenizer
+from ml.modeling import load_tokenizer
 from ml.probe import PROBE_C, apply_head, fit_head_by_linear_probe, trainable_head
 
 CPU = torch.device("cpu")

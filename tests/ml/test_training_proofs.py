@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-import ml.finetune as finetune_module
+import ml.training.loop as loop_module
 from ml.config import TrainConfig
 from ml.data import encode, parse_labeled_csv, stratified_split
 from ml.finetune import TrainHooks, class_weights, finetune, split_for_training
@@ -44,17 +44,17 @@ def validation_probabilities(model, raw_csv: bytes, config: TrainConfig, base_mo
 def capture_trained_model(monkeypatch) -> dict:
     """Holds the model a run trains, as its optimiser is built (after any head start, before step 1).
 
-    Wraps ml.finetune's optimizer_for and calls the real one: nothing about the run changes.
+    Wraps ml.training.loop's optimizer_for and calls the real one: nothing about the run changes.
     """
     seen: dict = {}
-    real = finetune_module.optimizer_for
+    real = loop_module.optimizer_for
 
     def recording(model, *args, **kwargs):
         seen["model"] = model
         seen["start"] = trainable_weights(model)
         return real(model, *args, **kwargs)
 
-    monkeypatch.setattr(finetune_module, "optimizer_for", recording)
+    monkeypatch.setattr(loop_module, "optimizer_for", recording)
     return seen
 
 
@@ -122,7 +122,7 @@ def test_class_weight_formula_by_hand():
 def capture_first_training_batch(monkeypatch) -> dict:
     """The token ids, logits and d(loss)/d(logits) of the first training step, as the loop made them."""
     seen = capture_trained_model(monkeypatch)
-    real = finetune_module.optimizer_for
+    real = loop_module.optimizer_for
 
     def hooked(model, *args, **kwargs):
         optimizer = real(model, *args, **kwargs)
@@ -137,7 +137,7 @@ def capture_first_training_batch(monkeypatch) -> dict:
         seen["handle"] = model.register_forward_hook(on_forward, with_kwargs=True)
         return optimizer
 
-    monkeypatch.setattr(finetune_module, "optimizer_for", hooked)
+    monkeypatch.setattr(loop_module, "optimizer_for", hooked)
     return seen
 
 

@@ -40,6 +40,7 @@ def model_page(model_id: str, request: Request, session: SessionDep, principal: 
         ),
         "baseline_verdict": views.baseline_verdict(comparison),
         "forgetting": views.forgetting_summary(metrics.get("forgetting_check")),
+        "dial": views.dial_view(metrics.get("interpolation")),
         "metric_labels": views.METRIC_LABELS,
     }
     return render(request, "model.html", context)

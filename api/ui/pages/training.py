@@ -193,6 +193,7 @@ def _job_context(session, job_id: str, organisation_id: str) -> dict[str, Any]:
         ),
         "baseline_verdict": views.baseline_verdict(comparison),
         "forgetting": views.forgetting_summary(metrics.get("forgetting_check")),
+        "dial": views.dial_view(metrics.get("interpolation")),
         "metric_labels": views.METRIC_LABELS,
         "model": _model_or_none(session, job.output_model_id, organisation_id)
         if job.status == "succeeded"

@@ -1,0 +1,46 @@
+"""LoRA: low-rank adapters on the chosen modules and the classifier head train; the base stays frozen.
+
+Saved as the adapter and the head only (PEFT, `task_type=SEQ_CLS` so the head is trained and saved).
+Served as one adapter among many on a shared copy of the base (ml.model_cache).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+
+from ml.architectures import load_base_classifier
+from ml.config import TrainConfig, pooling_of
+from ml.methods.base import Method
+
+
+class LoraMethod(Method):
+    name = "lora"
+    stage_defaults = {1: {"lr": 5e-4}, 2: {"lr": 2e-4}}
+    shares_serving_host = True
+
+    def start(self, config: TrainConfig, base_model: str, total_steps: int) -> torch.nn.Module:
+        peft_config = LoraConfig(
+            task_type=TaskType.SEQ_CLS,
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules=list(config.target_modules),
+        )
+        return get_peft_model(load_base_classifier(base_model, config.pooling), peft_config)
+
+    def resume(
+        self, parent_dir: Path, config: TrainConfig, base_model: str, total_steps: int
+    ) -> torch.nn.Module:
+        # Without is_trainable PEFT loads the adapter frozen (0 trainable parameters).
+        base = load_base_classifier(base_model, config.pooling)
+        return PeftModel.from_pretrained(base, parent_dir, is_trainable=True)
+
+    def load(self, model_dir: Path, manifest: dict) -> torch.nn.Module:
+        base = load_base_classifier(manifest["base_model"], pooling_of(manifest))
+        return PeftModel.from_pretrained(base, model_dir)
+
+
+METHOD = LoraMethod()
