@@ -11,6 +11,7 @@ from starlette.datastructures import FormData
 
 from api.ui.i18n import N_
 from ml.config import (
+    METHOD_STAGED,
     TrainConfig,
     default_of,
     describe,
@@ -64,12 +65,12 @@ def stage_defaults(stage: int, method: str | None) -> dict[str, str]:
     methods = (method,) if method else METHODS
     per_method = {name: TrainConfig.for_stage(stage, name).to_dict() for name in methods}
     out = {}
-    for field in ("epochs", "lr", "warmup_steps"):
-        values = {name: per_method[name][field] for name in methods}
+    for field in METHOD_STAGED:
+        values = {name: _shown(per_method[name][field]) for name in methods}
         if len(set(values.values())) == 1:
-            out[field] = _shown(next(iter(values.values())))
+            out[field] = next(iter(values.values()))
         else:
-            out[field] = " · ".join(f"{name} {_shown(value)}" for name, value in values.items())
+            out[field] = " · ".join(f"{name} {value}" for name, value in values.items())
     return out
 
 

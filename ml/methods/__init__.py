@@ -47,4 +47,8 @@ def method_for(name: str) -> Method:
 
 def stage_defaults(name: str, stage: int) -> dict[str, Any]:
     """The method's own defaults for a stage (1, or 2 for every continued fine-tune)."""
-    return dict(method_for(name).stage_defaults[min(stage, 2)])
+    from ml.config import METHOD_STAGED
+
+    defaults = method_for(name).stage_defaults[min(stage, 2)]
+    assert set(defaults) <= set(METHOD_STAGED), f"{name} sets a default ml.config.METHOD_STAGED does not list"
+    return {key: list(value) if isinstance(value, list) else value for key, value in defaults.items()}

@@ -20,11 +20,21 @@ from peft import AdaLoraConfig, PeftConfig, PeftModel, TaskType, get_peft_model
 from ml.architectures import load_base_classifier
 from ml.config import ConfigError, TrainConfig, pooling_of
 from ml.methods.base import Method, MethodTraining
+from ml.methods.lora import ALL_LINEAR
 
 
 class AdaLoraMethod(Method):
+    """PEFT scales AdaLoRA's update by lora_alpha / init_r and starts it as a product of three small
+    factors (E = 0, P and Q at std 0.02): at LoRA's alpha 16 (scale 1.33) and 5e-4 its update grew about
+    two orders of magnitude slower than LoRA's, and the validation AUC never left the probe's. Alpha
+    96 (scale 8; the AdaLoRA paper's scripts use 5-16), all linear layers and a higher rate let it learn.
+    """
+
     name = "adalora"
-    stage_defaults = {1: {"lr": 5e-4}, 2: {"lr": 2e-4}}
+    stage_defaults = {
+        1: {"lr": 2e-3, "lora_alpha": 96, "target_modules": ALL_LINEAR},
+        2: {"lr": 1e-3, "lora_alpha": 96, "target_modules": ALL_LINEAR},
+    }
 
     def start(self, config: TrainConfig, base_model: str, total_steps: int) -> torch.nn.Module:
         tinit, tfinal, delta_t = schedule(config, total_steps)

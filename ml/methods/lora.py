@@ -15,10 +15,18 @@ from ml.architectures import load_base_classifier
 from ml.config import TrainConfig, pooling_of
 from ml.methods.base import Method
 
+# Every linear layer of each encoder block (peft matches by suffix: "output.dense" is both the
+# attention output and the feed-forward output). On query and value alone, at 5e-4, the adapter moved
+# the validation AUC by +0.002 over its probe-fitted head in a run; on all of them at 1e-3, by +0.016.
+ALL_LINEAR = ["query", "key", "value", "intermediate.dense", "output.dense"]
+
 
 class LoraMethod(Method):
     name = "lora"
-    stage_defaults = {1: {"lr": 5e-4}, 2: {"lr": 2e-4}}
+    stage_defaults = {
+        1: {"lr": 1e-3, "target_modules": ALL_LINEAR},
+        2: {"lr": 5e-4, "target_modules": ALL_LINEAR},
+    }
     shares_serving_host = True
 
     def start(self, config: TrainConfig, base_model: str, total_steps: int) -> torch.nn.Module:
