@@ -60,3 +60,23 @@ def test_nothing_outside_ml_methods_branches_on_a_method_name():
                 if branching.search(line):
                     offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
     assert not offenders, "\n".join(offenders)
+
+
+def test_adalora_trains_with_an_adapter_on_a_module_the_forward_never_reaches(
+    tiny_bert, narrative_csv, tmp_path
+):
+    """ "dense" also names BERT's pooler, which sentence pooling never runs: no gradient reaches its
+    adapter, and PEFT's rank allocation used to fail on it with a TypeError."""
+    from ml.config import TrainConfig
+    from ml.finetune import finetune
+
+    config = TrainConfig.for_stage(
+        1,
+        "adalora",
+        {"epochs": 2, "max_length": 32, "target_modules": "query,value,dense", "interpolation": "off"},
+    )
+    manifest = finetune(narrative_csv, config, tmp_path / "m", base_model=tiny_bert)
+    assert any("pooler" in layer for layer in manifest["adalora_ranks"]["before"])
+    assert sum(manifest["adalora_ranks"]["after"].values()) < sum(
+        manifest["adalora_ranks"]["before"].values()
+    )
