@@ -6,7 +6,7 @@ another ("gamma" / "delta") that the first stage saw only as noise, so the paren
 stage's notes no better than chance and only training on them can lift the AUC. Each stage runs with
 its defaults (a linear-probe head start, and for the second stage the head refitted on new and
 rehearsed notes); the encoder's or adapter's own training is checked by its weights moving from the
-parent's and by the training loss falling.
+parent's (tests/ml/test_encoder_learns.py checks the loss and sizes the movement).
 """
 
 from __future__ import annotations
@@ -68,13 +68,6 @@ class Recorder(TrainHooks):
             self.aucs.append(progress.metrics["roc_auc"])
 
 
-def assert_loss_falls(losses: list[float]) -> None:
-    """The training loss ends below its highest point. Not always below the first epoch's: a probe-
-    fitted head starts near the frozen features' optimum, and the warm-up to the peak rate first moves
-    the encoder or adapter away from them (the loss rises, then falls as they are fitted)."""
-    assert losses[-1] < max(losses), f"the training loss never fell: {losses}"
-
-
 def adapter_tensors(model_dir) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
@@ -100,7 +93,6 @@ def test_each_stage_learns_the_signal_only_it_sees(method, precision, tiny_bert,
     assert (
         first["comparison"]["fine_tuned"]["roc_auc"] > first["comparison"]["base_untrained"]["roc_auc"] + 0.3
     )
-    assert_loss_falls(first_hooks.losses)
     second_config = TrainConfig.for_parent(first, {**FEW_EPOCHS, "precision": precision})
     assert second_config.lr == TrainConfig.for_stage(2, method).lr
     second = finetune(
@@ -114,7 +106,6 @@ def test_each_stage_learns_the_signal_only_it_sees(method, precision, tiny_bert,
     parent_auc = second["comparison"]["parent_vs_fine_tuned"]["parent"]["roc_auc"]
     assert parent_auc < 0.75, "the parent must not already know the second stage's signal"
     assert second["validation_metrics"]["roc_auc"] > parent_auc + 0.2
-    assert_loss_falls(second_hooks.losses)
     assert second["rehearsal"]["notes"] > 0
     assert second["trainable_parameters"] > 0
     before, after = adapter_tensors(tmp_path / "first"), adapter_tensors(tmp_path / "second")
