@@ -14,6 +14,6 @@ def test_packaged_minilm_fine_tunes_and_predicts(tmp_path, narrative_csv):
     config = TrainConfig.for_stage(1, "lora", {"epochs": 1, "max_length": 64, "batch_size": 16})
     manifest = finetune(narrative_csv, config, tmp_path / "m")
     assert manifest["base_model"] == default_base_model()
-    assert manifest["trainable_parameters"] < 200_000  # adapters + head, not the 22M-parameter encoder
+    assert manifest["trainable_parameters"] < 1_000_000  # adapters + head, not the 22M-parameter encoder
     items = ModelCache().predict(tmp_path / "m", ["Stage IV breast cancer with liver metastases."])
     assert 0.0 < items[0]["probability"] < 1.0

@@ -224,7 +224,7 @@ def test_the_first_fine_tune_form_is_generated_from_the_config(trainer):
     assert page.index('name="hp.weight_multiplier"') < page.index("<details>")
     assert page.index('name="hp.lr"') < page.index("<details>") < page.index('name="hp.batch_size"')
     assert 'placeholder="0.8"' in page and 'placeholder="8"' in page
-    assert "full 2e-05 · lora 0.0005 · adalora 0.0005" in page
+    assert "full 2e-05 · lora 0.001 · adalora 0.002" in page
     for method in ("Full:", "LoRA:", "AdaLoRA:"):
         assert method in page
 
@@ -259,7 +259,7 @@ def test_the_second_fine_tune_shows_lineage_inherits_the_method_and_words_the_fo
     assert f'value="{trained["first_model"]}" checked' in form
     assert "inherited from the model you continue (lora)" in form
     assert 'name="method"' not in form
-    assert 'placeholder="6"' in form and 'placeholder="0.0002"' in form  # the second stage's defaults
+    assert 'placeholder="6"' in form and 'placeholder="0.0005"' in form  # the second stage's defaults
     html = trained["second_html"]
     assert "Parent vs second model" in html
     assert re.search(r"The second model (lost|gained) \d\.\d{3} AUC on the first data", html)
