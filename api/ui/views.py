@@ -176,7 +176,7 @@ def dial_view(record: dict[str, Any] | None) -> DialView | None:
     low, high = (min(values), max(values)) if values else (0.0, 1.0)
     margin = max((high - low) * 0.1, 0.005)
     weight = float(record["weight"])
-    return DialView(weight, points, weight == 0.0, low=low - margin, high=high + margin)
+    return DialView(weight, points, weight == 0.0, low=max(low - margin, 0.0), high=min(high + margin, 1.0))
 
 
 def _number(value: Any) -> float | None:
