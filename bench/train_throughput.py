@@ -14,6 +14,7 @@ Prints samples/s or seconds, and the ratios. Not a test: timings never decide pa
 
     python bench/train_throughput.py [--steps 30] [--batch-size 16] [--method full]
     python bench/train_throughput.py --end-to-end [--rows 800] [--epochs 1] [--repeats 2]
+    python bench/train_throughput.py --sentence-budgets 0,4,6,8 --steps 6 --rows 400 --repeats 2
 """
 
 from __future__ import annotations
@@ -156,10 +157,16 @@ def main() -> None:
         type=json.loads,
         help="--end-to-end: also time notetune train with these options, e.g. '{\"train_sentences\": 4}'",
     )
+    parser.add_argument(
+        "--sentence-budgets", help="time training steps at these train_sentences budgets, e.g. 0,4,6,8"
+    )
     parser.add_argument("--cut-notes", action="store_true", help="--end-to-end: notes of ~--mean-tokens")
     args = parser.parse_args()
     if args.end_to_end:
         end_to_end(args)
+        return
+    if args.sentence_budgets:
+        sentence_budgets(args)
         return
 
     rows = (WARMUP_STEPS + args.steps + 2) * args.batch_size * 2
@@ -268,6 +275,41 @@ def end_to_end(args) -> None:
     for name, speedup in speedups.items():
         print(f"ratio original recipe / {name}: {speedup:.2f}x faster  (target >= 3x)")
     print(json.dumps({"seconds": seconds, "median_s": medians, "speedup": speedups}))
+
+
+def sentence_budgets(args) -> None:
+    """Training steps of the default full fine-tune at each `train_sentences` budget, alternating in
+    one process over the same batches of full-length narrative notes; the budget 0 (every sentence)
+    is the baseline of the ratios."""
+    from ml.finetune import build_model
+    from ml.training.inputs import prepare
+    from ml.training.loop import TrainingRun
+
+    frame = synth.generate(args.rows, "narrative", seed=args.seed)
+    raw = frame[["Text", "label"]].to_csv(index=False).encode()
+    budgets = [int(b) for b in args.sentence_budgets.split(",")]
+    runs = {}
+    for budget in budgets:
+        prepared = prepare(
+            raw, TrainConfig.for_stage(1, "full", {"train_sentences": budget, "epochs": 1}), None, None
+        )
+        model = build_model(prepared)
+        model.train()
+        runs[budget] = TrainingRun(model, prepared)
+    batches = [list(range(i * args.batch_size, (i + 1) * args.batch_size)) for i in range(args.steps)]
+    seconds: dict[int, list[float]] = {budget: [] for budget in budgets}
+    rng = np.random.default_rng(args.seed)
+    for _ in range(args.repeats):
+        for budget, run in runs.items():
+            started = time.perf_counter()
+            for batch in batches:
+                run._step(batch, rng)
+            seconds[budget].append(time.perf_counter() - started)
+    fastest = {budget: min(values) for budget, values in seconds.items()}
+    for budget in budgets:
+        print(f"train_sentences {budget}: {fastest[budget]:6.1f} s for {args.steps} steps, "
+              f"{fastest[0] / fastest[budget]:.2f}x against every sentence")  # fmt: skip
+    print(json.dumps({"seconds": seconds}))
 
 
 if __name__ == "__main__":
