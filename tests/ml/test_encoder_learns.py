@@ -32,16 +32,10 @@ from safetensors.torch import load_file
 from ml.config import TrainConfig
 from ml.finetune import TrainHooks, finetune
 from ml.vocabulary import METHODS
+from tests.ml.test_learning import FILLER
 
 PRECISIONS = ("fp32", "bf16")
 STAGES = ("first", "second")
-FILLER = (
-    "patient seen in clinic",
-    "follow up arranged",
-    "labs reviewed",
-    "imaging reviewed",
-    "plan discussed",
-)
 
 # 128 training notes in batches of 4: 192 steps in the first stage, 384 in the second (its training
 # notes are doubled by the default rehearsal of the parent's notes). Patience = epochs: every epoch
