@@ -46,6 +46,12 @@ METRIC_KEYS = (
 )
 
 
+def _shown_data_summary(manifest: dict) -> dict:
+    """The manifest's data record without `path`: where the worker read the notes is the store's
+    business (a continued fine-tune finds them by dataset id), not an API client's."""
+    return {key: value for key, value in (manifest.get("data") or {}).items() if key != "path"}
+
+
 @dataclass(frozen=True)
 class FinetuneInputs:
     train_csv: Path
@@ -176,7 +182,7 @@ def record_finetune_success(
             path=model_path,
             train_dataset_id=job.train_dataset_id,
             hyperparameters=json_safe(manifest["hyperparameters"]),
-            data_summary=json_safe(manifest.get("data", {})),
+            data_summary=json_safe(_shown_data_summary(manifest)),
             metrics=metrics,
             threshold=float(manifest["threshold"]),
             temperature=manifest.get("temperature"),

@@ -58,6 +58,7 @@ def test_first_and_second_finetune_lineage_and_predict(client, keys, worker, set
     model = model.json()
     assert (model["method"], model["stage"], model["parent_id"]) == (method, 2, parent_id)
     assert model["base_model"] == tiny_bert
+    assert model["data_summary"]["rows"] > 0 and "path" not in model["data_summary"]
     assert [entry["id"] for entry in model["lineage"]] == [child_id, parent_id, None]
     assert model["lineage"][-1] == {
         "kind": "base_model",
