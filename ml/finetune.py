@@ -57,8 +57,10 @@ class Trained:
     trainable_parameters: int
     method_record: dict
     interpolation: dict
-    # The saved model's validation logits, so assessing need not score it again.
+    # The saved model's validation logits (and on the parent's notes, when interpolation scored them),
+    # so assessing need not score them again.
     validation_logits: np.ndarray
+    parent_site_logits: np.ndarray | None
     # What the untrained base's encoder gives the head on validation, when the probe computed it.
     base_validation_features: np.ndarray | None
 
@@ -94,7 +96,7 @@ def finetune(
     model = build_model(prepared)
     trained = train(model, prepared, hooks, parent)
     hooks.phase("assessing")
-    assessment = assess(model, prepared, trained.validation_logits, trained.base_validation_features, parent)
+    assessment = assess(model, prepared, trained, parent)
     manifest = build_manifest(model_id or uuid.uuid4().hex, prepared, trained, assessment)
     hooks.phase("saving")
     save(model, prepared.tokenizer, manifest, Path(out_dir), assessment.baseline)
@@ -134,6 +136,7 @@ def train(model, prepared: Prepared, hooks: TrainHooks, parent=None) -> Trained:
         method_record=run.method.manifest_record(),
         interpolation=dial.record,
         validation_logits=dial.val_logits,
+        parent_site_logits=dial.parent_site_logits,
         base_validation_features=base_features,
     )
 
@@ -160,12 +163,12 @@ def _head_start(model, prepared: Prepared, hooks: TrainHooks) -> tuple[dict | No
 
 def _interpolate(model, prepared: Prepared, run: TrainingRun, parent) -> Dial:
     split, tokenizer = prepared.split, prepared.tokenizer
-    parent_site, parent_auc = None, None
+    parent_site, parent_probabilities = None, None
     if parent is not None and parent.parent_site is not None:
         notes = prepared.parent_notes
         ids = encode(tokenizer, notes.val.texts, notes.max_length, notes.pooling)
         parent_site = SiteNotes(ids, notes.val.labels)
-        parent_auc = _roc_auc(notes.val.labels, parent.parent_site)
+        parent_probabilities = parent.parent_site
     return interpolate(
         model,
         run.start_weights,
@@ -175,7 +178,7 @@ def _interpolate(model, prepared: Prepared, run: TrainingRun, parent) -> Dial:
         tokenizer.pad_token_id,
         prepared.device,
         parent_site,
-        parent_auc,
+        parent_probabilities,
     )
 
 
@@ -252,12 +255,6 @@ def save(model, tokenizer, manifest: dict, out_dir: Path, baseline: TextBaseline
         tokenizer.save_pretrained(temporary)
         baseline.save(temporary)
         write_manifest(temporary, manifest)
-
-
-def _roc_auc(labels: np.ndarray, probabilities: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(labels, probabilities))
 
 
 def _seed_everything(seed: int) -> None:

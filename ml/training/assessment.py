@@ -56,14 +56,13 @@ def parent_scores(prepared: Prepared) -> ParentScores | None:
     return ParentScores(probabilities[:cut], probabilities[cut:] if parent_val is not None else None)
 
 
-def assess(
-    model,
-    prepared: Prepared,
-    val_logits: np.ndarray,
-    base_features: np.ndarray | None,
-    parent: ParentScores | None,
-) -> Assessment:
-    """Threshold and calibration on validation, and the comparisons with the base and the parent."""
+def assess(model, prepared: Prepared, trained, parent: ParentScores | None) -> Assessment:
+    """Threshold and calibration on validation, and the comparisons with the base and the parent.
+
+    `trained` (ml.finetune.Trained) brings the kept model's validation logits, those on the parent's
+    notes when interpolation scored them, and the base's validation features when the probe read them.
+    """
+    val_logits, base_features = trained.validation_logits, trained.base_validation_features
     config, split, device = prepared.config, prepared.split, prepared.device
     temperature = (
         metric_fns.fit_temperature(val_logits, split.val.labels) if config.temperature_scaling else 1.0
@@ -78,7 +77,9 @@ def assess(
             split.val.labels, parent.new_site, val_prob, prepared.parent["threshold"], threshold
         )
         if parent.parent_site is not None:
-            forgetting = _forgetting_check(prepared, model, parent.parent_site, temperature, threshold)
+            forgetting = _forgetting_check(
+                prepared, model, parent.parent_site, trained.parent_site_logits, temperature, threshold
+            )
     return Assessment(
         validation_metrics=metric_fns.binary_metrics(split.val.labels, val_prob, threshold),
         threshold=threshold,
@@ -139,15 +140,21 @@ def _baseline_comparison(prepared: Prepared, comparison: dict) -> tuple[TextBase
 
 
 def _forgetting_check(
-    prepared: Prepared, model, parent_prob: np.ndarray, temperature: float, threshold: float
+    prepared: Prepared,
+    model,
+    parent_prob: np.ndarray,
+    logits: np.ndarray | None,
+    temperature: float,
+    threshold: float,
 ):
-    """Parent vs this model on the parent's own validation split: what did the second fine-tune cost?"""
+    """Parent vs this model on the parent's own validation split: what did the second fine-tune cost?
+    `logits`: the kept model's, when interpolation already scored these notes."""
     tokenizer, parent_notes = prepared.tokenizer, prepared.parent_notes
     parent_val = parent_notes.val
-    ids = encode(tokenizer, parent_val.texts, parent_notes.max_length, parent_notes.pooling)
-    second_prob = metric_fns.softmax_probability(
-        predict_logits(model, ids, tokenizer.pad_token_id, 64, prepared.device), temperature
-    )
+    if logits is None:
+        ids = encode(tokenizer, parent_val.texts, parent_notes.max_length, parent_notes.pooling)
+        logits = predict_logits(model, ids, tokenizer.pad_token_id, 64, prepared.device)
+    second_prob = metric_fns.softmax_probability(logits, temperature)
     check = forgetting_check(
         parent_val.labels, parent_prob, second_prob, prepared.parent["threshold"], threshold
     )

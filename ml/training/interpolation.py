@@ -29,6 +29,9 @@ class Dial:
 
     record: dict
     val_logits: np.ndarray
+    # The kept model's logits on the parent's validation notes, when they were scored: the forgetting
+    # check reuses them instead of scoring those notes again.
+    parent_site_logits: np.ndarray | None = None
 
 
 @dataclass
@@ -58,7 +61,7 @@ def interpolate(
     pad_id: int,
     device: torch.device,
     parent_site: SiteNotes | None = None,
-    parent_site_auc: float | None = None,
+    parent_probabilities: np.ndarray | None = None,
 ) -> Dial:
     """Score the weights `config.interpolation` asks for and leave `model` at the chosen one.
 
@@ -71,15 +74,17 @@ def interpolate(
         return Dial({"setting": "off", "weight": 1.0}, fine_tuned_logits)
     params = {name: param for name, param in model.named_parameters() if name in start}
     end = {name: param.detach().clone() for name, param in params.items()}
-    curve, logits_at = [], {}
+    parent_site_auc = None
+    if parent_site is not None and parent_probabilities is not None:
+        parent_site_auc = roc_auc(parent_site.labels, parent_probabilities)
+    curve, logits_at, parent_logits_at = [], {}, {}
     for weight in weights:
         _mix(params, start, end, weight)
         logits = fine_tuned_logits if weight == 1.0 else _logits(model, new_site, config, pad_id, device)
         point = {"weight": weight, "new_site_roc_auc": _auc(new_site.labels, logits)}
         if parent_site is not None:
-            point["parent_site_roc_auc"] = _auc(
-                parent_site.labels, _logits(model, parent_site, config, pad_id, device)
-            )
+            parent_logits_at[weight] = _logits(model, parent_site, config, pad_id, device)
+            point["parent_site_roc_auc"] = _auc(parent_site.labels, parent_logits_at[weight])
         curve.append(point)
         logits_at[weight] = logits
     chosen = _choose(curve, parent_site_auc, config.max_forgetting)
@@ -91,7 +96,7 @@ def interpolate(
         "max_forgetting": config.max_forgetting if parent_site is not None else None,
         "parent_roc_auc": parent_site_auc,
     }
-    return Dial(record, logits_at[chosen["weight"]])
+    return Dial(record, logits_at[chosen["weight"]], parent_logits_at.get(chosen["weight"]))
 
 
 def _choose(curve: list[dict], parent_auc: float | None, max_forgetting: float) -> dict:
@@ -113,6 +118,11 @@ def _logits(model, notes: SiteNotes, config: TrainConfig, pad_id: int, device) -
 
 
 def _auc(labels: np.ndarray, logits: np.ndarray) -> float:
+    return roc_auc(labels, metric_fns.softmax_probability(logits))
+
+
+def roc_auc(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    """NaN when one class is missing (a curve point then never wins)."""
     if len(np.unique(labels)) < 2:
         return float("nan")
-    return float(roc_auc_score(labels, metric_fns.softmax_probability(logits)))
+    return float(roc_auc_score(labels, probabilities))
