@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.services.models import public_base_model, without_server_paths
 from ml.errors import UserError
+from models_store.errors import StoreError
 
 log = logging.getLogger("notetune.api")
 
@@ -44,7 +45,7 @@ def _status_code_name(status_code: int) -> str:
 
 
 async def _user_error(_: Request, error: Exception) -> JSONResponse:
-    assert isinstance(error, UserError)
+    assert isinstance(error, UserError | StoreError)
     headers = None
     if error.status_code == 401:
         headers = {"WWW-Authenticate": "Bearer"}
@@ -145,6 +146,9 @@ async def _validation_error(request: Request, error: Exception) -> JSONResponse:
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(UserError, _user_error)
+    # The store's errors carry their status the same way (a missing object, a damaged one, the store
+    # down: 503 with Retry-After).
+    app.add_exception_handler(StoreError, _user_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_middleware(UnhandledErrors)

@@ -14,6 +14,7 @@ from pathlib import Path
 from ml.config import TrainConfig, default_of, describe, hyperparameter_fields, limits_text, value_type
 from ml.errors import UserError
 from ml.vocabulary import BASE, BASELINE_PREFIX, MAX_MODELS, METHODS
+from models_store.errors import StoreError
 
 USER_ERROR = 2
 
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         return USER_ERROR
     try:
         return args.func(args)
-    except (UserError, OSError) as error:
+    except (UserError, StoreError, OSError) as error:
         print(f"notetune: error: {_one_line(error)}", file=sys.stderr)
         return USER_ERROR
     except KeyboardInterrupt:
@@ -106,7 +107,7 @@ def _flag_help(spec) -> str:
 def run_train(args: argparse.Namespace) -> int:
     from ml.finetune import finetune
     from ml.modeling import quiet_library_logs
-    from models_store.store import read_manifest
+    from models_store.layout import read_manifest
 
     quiet_library_logs()
     overrides = {spec.name: getattr(args, spec.name) for spec in hyperparameter_fields()}
@@ -282,7 +283,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
 def _chosen_models(args: argparse.Namespace):
     from ml.evaluate import EvaluationModel
-    from models_store.store import read_manifest
+    from models_store.layout import read_manifest
 
     models, base_model = [], args.base_model
     manifests = [(path, read_manifest(path)) for path in args.model]

@@ -27,6 +27,20 @@ class Settings(BaseSettings):
     )
     data_dir: Path = Path("data")
     model_store_dir: Path | None = None
+    # Where datasets, evaluation arrays and models are kept (models_store/): unset, the data directory
+    # (and model_store_dir); `s3://bucket/prefix`, an S3-compatible bucket that API replicas and
+    # workers on several hosts share. Credentials come from the standard AWS variables or roles.
+    store_url: str | None = None
+    s3_endpoint_url: str | None = None  # a self-hosted server: http://seaweedfs:8333
+    # Server-side encryption of every object written ("AES256" or "aws:kms"), and the KMS key.
+    store_server_side_encryption: str | None = None
+    store_kms_key_id: str | None = None
+    # Each S3 call gives up after this long without an answer, tried at most store_max_attempts times:
+    # a /predict for an uncached model answers 503 in bounded time when the store is down.
+    store_timeout_s: float = Field(default=10.0, gt=0)
+    store_max_attempts: int = Field(default=3, ge=1, le=10)
+    # The local cache of objects fetched from the bucket, per host (least recently used out).
+    store_cache_bytes: int = Field(default=20 * 1024**3, ge=1024 * 1024)
     # Unset: the packaged MiniLM (core.services.models.configured_base_model).
     base_model: str | None = None
     # Names a request may pass as `base_model`; the configured base model is always allowed.
@@ -94,6 +108,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _limits_are_consistent(self) -> Settings:
+        if self.store_url is not None and not self.store_url.startswith("s3://"):
+            raise ValueError("NOTETUNE_STORE_URL must look like s3://bucket/prefix (unset: the data dir)")
         if self.job_hard_time_limit_s <= self.job_soft_time_limit_s:
             raise ValueError("NOTETUNE_JOB_HARD_TIME_LIMIT_S must be larger than the soft limit")
         if self.stale_after_s <= self.heartbeat_interval_s * 2:
@@ -142,13 +158,9 @@ class Settings(BaseSettings):
         # or a healthy long run would be handed to a second worker.
         return self.job_hard_time_limit_s + 600
 
-    def stored_file(self, relative: str) -> Path:
-        """A dataset CSV or evaluation arrays file named by a database row (paths relative to data_dir)."""
-        return self.data_dir.resolve() / relative
-
-    def stored_model(self, relative: str) -> Path:
-        """A model directory named by a database row (paths relative to the model store root)."""
-        return self.models_root / relative
+    @property
+    def uses_object_store(self) -> bool:
+        return self.store_url is not None
 
     def ensure_directories(self) -> None:
         for directory in (self.data_dir, self.models_root, self.datasets_root, self.evaluations_root):

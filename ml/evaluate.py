@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from ml.errors import Cancelled, UserError
 from ml.model_cache import ModelCache
 from ml.report import Grouping, ModelOutput, column_grouping, evaluate_outputs, note_length_grouping
 from ml.vocabulary import DEFAULT_POOLING, MAX_MODELS
-from models_store.store import WEIGHTS_HASHED, weights_sha256
+from models_store.layout import WEIGHTS_HASHED, weights_sha256
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,13 @@ def plot_arrays(labels: np.ndarray, outputs: list[ModelOutput]) -> dict[str, np.
     arrays = {"y_true": labels, **{f"prob:{o.name}": o.prob for o in outputs}}
     arrays.update({f"threshold:{o.name}": np.asarray([o.threshold]) for o in outputs})
     return arrays
+
+
+def arrays_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """The arrays as one .npz file's bytes (what `plot_arrays` returns, ready to store)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
 
 
 def outputs_from_arrays(arrays: dict[str, np.ndarray], report: dict) -> tuple[np.ndarray, list[ModelOutput]]:

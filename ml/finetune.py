@@ -32,7 +32,7 @@ from ml.training.loop import (
     class_weights,
     freeze_all_but_head,
 )
-from models_store.store import atomic_directory, write_manifest
+from models_store.layout import atomic_directory, write_manifest
 
 __all__ = [
     "PHASES",

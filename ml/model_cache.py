@@ -33,7 +33,7 @@ from ml.methods import method_for
 from ml.metrics import softmax_probability
 from ml.modeling import load_tokenizer, pick_device
 from ml.vocabulary import DEFAULT_MAX_LENGTH, DEFAULT_POOLING
-from models_store.store import read_manifest
+from models_store.layout import read_manifest
 
 BASE_THRESHOLD = 0.5
 BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed batch

@@ -23,6 +23,7 @@ from core.db.models import Job, JobStatus
 from core.services import runs
 from core.services.jobs import progress_record
 from ml.errors import Cancelled, UserError
+from models_store.errors import StoreError
 from worker.runtime import WorkerRuntime
 
 log = logging.getLogger("notetune.worker")
@@ -36,7 +37,7 @@ OUT_OF_SPACE = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 
 
 def safe_error_message(error: BaseException, job_id: str, attempt: int) -> str:
-    if isinstance(error, UserError):
+    if isinstance(error, UserError | StoreError):
         message = getattr(error, "message", None) or str(error)
         return " ".join(message.split())[:MAX_ERROR_CHARS]
     if out_of_space(error):
@@ -218,10 +219,13 @@ def _remove_outputs(runtime: WorkerRuntime, job: Job, attempt: int, *, job_ended
     more. A run that no longer held the job removes only its own: the model may be another attempt's."""
     if not job.output_model_id:
         return
-    if job_ended:
-        runtime.store.remove(job.output_model_id)
-    else:
-        runtime.store.discard_attempt(job.output_model_id, attempt)
+    try:
+        if job_ended:
+            runtime.store.remove_model(job.output_model_id)
+        else:
+            runtime.store.discard_attempt(job.output_model_id, attempt)
+    except StoreError as error:  # the store is down: the sweeper removes them once it is back
+        log.warning("job %s: its files were not removed (%s)", job.id, error.code)
 
 
 def finetune_body(runtime: WorkerRuntime, job: Job) -> None:
@@ -233,7 +237,7 @@ def finetune_body(runtime: WorkerRuntime, job: Job) -> None:
     assert job.output_model_id is not None and job.method is not None and job.stage is not None
     # Each attempt writes a directory of its own: a reaped attempt that is still alive cannot
     # overwrite or delete what this one writes, nor this one what it writes.
-    out_dir = runtime.store.attempt_path(job.output_model_id, job.attempt)
+    out_dir = runtime.store.attempt_dir(job.output_model_id, job.attempt)
     runtime.store.discard_attempt(job.output_model_id, job.attempt)
     watcher = RunWatcher(runtime, job.id, job.attempt)
     config = TrainConfig.for_stage(job.stage, job.method, job.hyperparameters)
@@ -268,7 +272,8 @@ def _record_finetune(runtime: WorkerRuntime, job: Job, manifest: dict) -> bool:
     unreachable, since a finished run is worth keeping. True when the job is this attempt's success."""
     store, model_id, attempt = runtime.store, job.output_model_id, job.attempt
     assert model_id is not None
-    relative_path = str(store.path_for(model_id).relative_to(store.root))
+    # Durable where every host can read it, and named by no row yet: invisible until the commit.
+    model_key = store.stage_model(model_id, attempt)
     for pause in (*RECORD_RETRY_S, None):
         try:
             with runtime.database.transaction() as session:
@@ -277,8 +282,8 @@ def _record_finetune(runtime: WorkerRuntime, job: Job, manifest: dict) -> bool:
                     job,
                     attempt,
                     manifest,
-                    relative_path,
-                    publish=lambda: store.publish(model_id, attempt),
+                    model_key,
+                    publish=lambda: store.publish_model(model_id, attempt),
                 )
         except DBAPIError as error:
             if pause is None:
@@ -299,16 +304,9 @@ def _committed_despite_error(runtime: WorkerRuntime, job: Job) -> bool:
         return False
     if state is not None and state.status == JobStatus.succeeded and state.attempt == job.attempt:
         return True
-    store, model_id = runtime.store, job.output_model_id
-    assert model_id is not None
-    mine = store.attempt_path(model_id, job.attempt)
-    if (
-        state is not None
-        and state.owned_by(job.attempt)
-        and not mine.exists()
-        and store.path_for(model_id).exists()
-    ):
-        store.path_for(model_id).rename(mine)
+    assert job.output_model_id is not None
+    if state is not None and state.owned_by(job.attempt):
+        runtime.store.unpublish_model(job.output_model_id, job.attempt)
     return False
 
 
@@ -343,17 +341,15 @@ def evaluation_body(runtime: WorkerRuntime, job: Job) -> None:
 
 
 def _store_evaluation(runtime: WorkerRuntime, job: Job, report: dict, arrays: dict[str, np.ndarray]) -> None:
+    from ml.evaluate import arrays_bytes
+
     evaluation_id = uuid.uuid4().hex
     relative = f"evaluations/{evaluation_id}.npz"
-    target = runtime.settings.stored_file(relative)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.tmp.npz")
-    np.savez(temporary, **arrays)
-    temporary.replace(target)
+    runtime.store.put_bytes(relative, arrays_bytes(arrays))
     with runtime.database.transaction() as session:
         recorded = runs.record_evaluation_success(session, job, job.attempt, evaluation_id, report, relative)
     if not recorded:
-        target.unlink(missing_ok=True)
+        runtime.store.delete_file(relative)
         _record_cancel_if_requested(runtime, job)
 
 

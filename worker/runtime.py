@@ -8,19 +8,20 @@ from dataclasses import dataclass, field
 
 from core.db.session import Database
 from core.settings import Settings
-from models_store.store import ModelStore
+from core.storage import artifact_store
+from models_store.artifacts import ArtifactStore
 
 
 @dataclass
 class WorkerRuntime:
     settings: Settings
     database: Database = field(init=False)
-    store: ModelStore = field(init=False)
+    store: ArtifactStore = field(init=False)
 
     def __post_init__(self) -> None:
         self.settings.ensure_directories()
         self.database = Database(self.settings.sqlalchemy_url)
-        self.store = ModelStore(self.settings.models_root)
+        self.store = artifact_store(self.settings)
 
     def sweep_partial_models(self) -> int:
         """Remove partial model writes that no live worker can still be writing: a write happens inside

@@ -14,7 +14,6 @@ import logging
 import shutil
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import sqlalchemy as sa
 
@@ -22,7 +21,7 @@ from core.db.models import JobStatus
 from core.db.repositories import JobRunRepository, StoredFileRepository
 from core.services.deletion import remove_pending_files
 from core.services.retention import apply_retention, retention_days
-from models_store.store import check_model_id, parse_attempt
+from models_store.artifacts import model_id_of
 from worker.runtime import WorkerRuntime
 
 log = logging.getLogger("notetune.worker.sweeper")
@@ -71,13 +70,12 @@ def finish_pending_deletions(runtime: WorkerRuntime) -> int:
 
 
 def sweep_attempt_dirs(runtime: WorkerRuntime) -> int:
-    """Attempt directories (and partial writes) of attempts that no longer hold their job."""
-    paths = runtime.store.attempt_dirs()
-    parsed = {path: parse_attempt(path.name) for path in paths}
+    """This host's attempt directories (and partial writes) of attempts that no longer hold their job."""
+    attempts = runtime.store.local_attempts()
     with runtime.database.session() as session:
-        owners = JobRunRepository(session).owners_of_model_ids(sorted({p[0] for p in parsed.values() if p}))
+        owners = JobRunRepository(session).owners_of_model_ids(sorted({model for _, model, _ in attempts}))
     removed = 0
-    for path, (model_id, attempt) in ((path, value) for path, value in parsed.items() if value):
+    for path, model_id, attempt in attempts:
         owner = owners.get(model_id)
         if owner is not None and owner[0] == JobStatus.running and owner[1] == attempt:
             continue
@@ -87,41 +85,33 @@ def sweep_attempt_dirs(runtime: WorkerRuntime) -> int:
 
 
 def sweep_orphan_models(runtime: WorkerRuntime) -> int:
-    """Model directories published by a success whose commit never landed: no model row, job ended.
-    Directories no job names are left alone (models copied in by hand, or by the CLI)."""
-    root = runtime.store.root
-    if not root.is_dir():
-        return 0
-    names = [path.name for path in root.iterdir() if path.is_dir() and _is_model_id(path.name)]
+    """Stored models that no row names and never will: a success whose commit never landed, or an
+    upload cut short, once their job has ended. Keys of running jobs stay (an attempt may be about to
+    commit), and so do keys no job names (models copied in by hand, or by the CLI)."""
+    keys = runtime.store.model_keys()
     with runtime.database.session() as session:
-        owners = JobRunRepository(session).owners_of_model_ids(names)
+        owners = JobRunRepository(session).owners_of_model_ids(sorted({model_id_of(key) for key in keys}))
     removed = 0
-    for name, (status, _attempt, has_row) in owners.items():
-        if not has_row and status != JobStatus.running:
-            shutil.rmtree(root / name, ignore_errors=True)
-            removed += 1
+    for key in keys:
+        owner = owners.get(model_id_of(key))
+        if owner is None or owner[0] == JobStatus.running or owner[2] == key:
+            continue
+        runtime.store.remove_model_key(key)
+        removed += 1
     return removed
 
 
 def sweep_data_files(runtime: WorkerRuntime, older_than_s: float) -> int:
     """Dataset and evaluation files that no row names (a crash between the write and the commit),
     and temporary files left by a crash mid-write."""
-    settings = runtime.settings
     with runtime.database.session() as session:
         named = StoredFileRepository(session).named_data_paths()
-    data_root = settings.data_dir.resolve()
     cutoff = time.time() - older_than_s
     removed = 0
-    for folder in (settings.datasets_root, settings.evaluations_root):
-        if not folder.is_dir():
-            continue
-        # Dataset files live in a folder per organisation (older ones directly in datasets/).
-        for path in folder.rglob("*"):
-            if not path.is_file() or path.stat().st_mtime > cutoff:
-                continue
-            if _relative(path, data_root) not in named:
-                path.unlink(missing_ok=True)
-                removed += 1
+    for stored in runtime.store.list_files():
+        if stored.modified <= cutoff and stored.key not in named:
+            runtime.store.delete_file(stored.key)
+            removed += 1
     return removed
 
 
@@ -140,18 +130,3 @@ def delete_delivered_messages(broker_url: str) -> int:
             return result.rowcount or 0
     finally:
         engine.dispose()
-
-
-def _is_model_id(name: str) -> bool:
-    try:
-        check_model_id(name)
-    except Exception:
-        return False
-    return True
-
-
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return path.resolve().relative_to(root).as_posix()
-    except ValueError:
-        return path.name

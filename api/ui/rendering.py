@@ -22,6 +22,7 @@ from api.ui.security import CSRF_FIELD, SignInRequired, csrf_token
 from core.db.models import Role
 from core.services.auth import GRANTS
 from ml.errors import UserError
+from models_store.errors import StoreError
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 SIGN_IN_PATH = "/ui/sign-in"
@@ -117,7 +118,7 @@ class PageRoute(APIRoute):
                 response = await handler(request)
             except SignInRequired:
                 response = sign_in_redirect(request)
-            except UserError as error:
+            except (UserError, StoreError) as error:
                 response = error_page(request, error.status_code, error.message, error.code)
             except RequestValidationError:
                 message = N_("Some fields of the form are missing or not valid.")

@@ -351,16 +351,17 @@ class JobRunRepository:
     def refreshed(self, job_id: str) -> Job | None:
         return self.session.get(Job, job_id, populate_existing=True)
 
-    def owners_of_model_ids(self, model_ids: Sequence[str]) -> dict[str, tuple[JobStatus, int, bool]]:
-        """For each output model id that a job names: (job status, attempt, whether its model row exists)."""
+    def owners_of_model_ids(self, model_ids: Sequence[str]) -> dict[str, tuple[JobStatus, int, str | None]]:
+        """For each output model id that a job names: (job status, attempt, the store key its model row
+        names, None without a row)."""
         if not model_ids:
             return {}
         rows = self.session.execute(
-            select(Job.output_model_id, Job.status, Job.attempt, Model.id.is_not(None))
+            select(Job.output_model_id, Job.status, Job.attempt, Model.path)
             .outerjoin(Model, Model.id == Job.output_model_id)
             .where(Job.output_model_id.in_(list(model_ids)))
         ).all()
-        return {row[0]: (JobStatus(row[1]), int(row[2]), bool(row[3])) for row in rows}
+        return {row[0]: (JobStatus(row[1]), int(row[2]), row[3]) for row in rows}
 
     def claim(self, job_id: str, worker: str, now: datetime, progress: dict[str, Any]) -> bool:
         """Compare-and-set queued -> running: of two deliveries of one message, only one wins."""

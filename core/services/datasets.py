@@ -4,9 +4,7 @@ organisation (another organisation's copy of the same file is a dataset of its o
 from __future__ import annotations
 
 import hashlib
-import os
 import unicodedata
-import uuid
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING
 
@@ -19,6 +17,7 @@ from core.db.repositories import DatasetRepository, Page
 from core.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
 from core.services.models import configured_base_model
 from core.settings import Settings
+from core.storage import artifact_store
 from ml.vocabulary import DEFAULT_MAX_LENGTH
 
 if TYPE_CHECKING:
@@ -78,7 +77,7 @@ def register_dataset(
     # Written only once the row is ours: a concurrent upload of the same bytes waits on that row
     # before writing, so a rejected request (which removes the file only when no committed row
     # names it) can hardly remove a file the other upload has just put in place.
-    _write_atomically(dataset_file(settings, dataset), content)
+    artifact_store(settings).put_bytes(dataset.path, content)
     return dataset, True
 
 
@@ -125,7 +124,7 @@ def token_limit(settings: Settings) -> int:
 def forget_dataset_file(session: Session, settings: Settings, dataset: Dataset) -> None:
     """Remove the CSV of a dataset row that was rolled back, unless a committed row points at it."""
     if DatasetRepository(session, dataset.organisation_id).by_path(dataset.path) is None:
-        dataset_file(settings, dataset).unlink(missing_ok=True)
+        artifact_store(settings).delete_file(dataset.path)
 
 
 def get_dataset(session: Session, dataset_id: str, *, organisation_id: str) -> Dataset:
@@ -155,7 +154,8 @@ def list_datasets(session: Session, offset: int, limit: int, *, organisation_id:
 
 
 def dataset_file(settings: Settings, dataset: Dataset) -> Path:
-    return settings.stored_file(dataset.path)
+    """A local path to read the dataset's notes from (fetched into this host's cache if need be)."""
+    return artifact_store(settings).file_path(dataset.path)
 
 
 def _display_name(filename: str | None, sha256: str) -> str:
@@ -164,13 +164,3 @@ def _display_name(filename: str | None, sha256: str) -> str:
     printable = "".join(char for char in filename or "" if unicodedata.category(char) not in _UNPRINTABLE)
     name = PurePath(printable.replace("\\", "/")).name.strip()
     return name[:200] or f"{sha256[:12]}.csv"
-
-
-def _write_atomically(path: Path, content: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(content)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)

@@ -17,9 +17,7 @@ they are results, not notes, and name the tombstone.
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from sqlalchemy.orm import Session
 
@@ -35,6 +33,9 @@ from core.db.repositories import (
 from core.errors import Conflict, NotFound
 from core.services.jobs import request_cancel
 from core.settings import Settings
+from core.storage import artifact_store
+from models_store.artifacts import ArtifactStore, model_id_of
+from models_store.errors import StoreError
 
 log = logging.getLogger("notetune.deletion")
 
@@ -119,9 +120,9 @@ def commit_and_remove_files(session: Session, settings: Settings) -> None:
 def remove_pending_files(session: Session, settings: Settings) -> int:
     """Remove the files in the deletion journal, then their entries (committed): safe to repeat and
     to run beside another remover, as a file already gone counts as removed."""
-    files = StoredFileRepository(session)
+    files, store = StoredFileRepository(session), artifact_store(settings)
     entries = list(files.pending())
-    removed = [entry.id for entry in entries if _remove(_location(settings, entry))]
+    removed = [entry.id for entry in entries if _remove(store, entry)]
     files.done(removed)
     session.commit()
     if len(removed) < len(entries):
@@ -132,16 +133,12 @@ def remove_pending_files(session: Session, settings: Settings) -> int:
     return len(removed)
 
 
-def _location(settings: Settings, entry: PendingFileDeletion) -> Path:
-    if entry.kind == FileKind.model:
-        return settings.stored_model(entry.path)
-    return settings.stored_file(entry.path)
-
-
-def _remove(path: Path) -> bool:
-    """True once nothing is left at `path`."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
-    return not path.exists() and not path.is_symlink()
+def _remove(store: ArtifactStore, entry: PendingFileDeletion) -> bool:
+    """True once nothing is left of the entry's file (a model: every attempt's files, every copy)."""
+    try:
+        if entry.kind == FileKind.model:
+            return store.remove_model(model_id_of(entry.path))
+        return store.delete_file(entry.path)
+    except StoreError as error:  # the store is down: the entry stays for the next sweep
+        log.warning("could not remove a journalled file (%s)", error.code)
+        return False

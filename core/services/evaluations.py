@@ -14,7 +14,9 @@ from core.services.datasets import dataset_file, dataset_for_job
 from core.services.jobs import add_queued_job, finished_model, idempotent_replay, request_fingerprint
 from core.services.models import configured_base_model
 from core.settings import Settings
+from core.storage import artifact_store
 from ml.vocabulary import BASE, BASELINE_PREFIX, MAX_MODELS, REPORT_TABLES
+from models_store.errors import ObjectMissing
 
 
 @dataclass(frozen=True)
@@ -204,9 +206,11 @@ def plot_evaluation(
     if not all(low <= value <= high for value in size.values()):
         raise InvalidRequest(f"width and height must be between {low} and {high} pixels", code="plot_size")
     evaluation = get_evaluation(session, evaluation_id, organisation_id=organisation_id)
-    path = settings.stored_file(evaluation.arrays_path)
-    if not path.is_file():
-        raise NotFound("the evaluation's stored scores are missing", code="evaluation_arrays_missing")
+    try:
+        path = artifact_store(settings).file_path(evaluation.arrays_path)
+    except ObjectMissing:
+        missing = "the evaluation's stored scores are missing"
+        raise NotFound(missing, code="evaluation_arrays_missing") from None
     with np.load(path) as stored:
         arrays = {key: stored[key] for key in stored.files}
     y_true, outputs = outputs_from_arrays(arrays, evaluation.report)

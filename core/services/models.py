@@ -13,6 +13,7 @@ from core.db.models import Model
 from core.db.repositories import DatasetRepository, ModelRepository, Page
 from core.errors import NotFound
 from core.settings import Settings
+from core.storage import artifact_store
 
 # How the MiniLM packaged with the service is shown: its path is inside the virtual environment.
 PACKAGED_BASE_MODEL = "minilm-l6 (packaged)"
@@ -74,7 +75,9 @@ def list_models(session: Session, offset: int, limit: int, *, organisation_id: s
 
 
 def model_directory(settings: Settings, model: Model) -> Path:
-    return settings.stored_model(model.path)
+    """A local directory holding the model's files (fetched into this host's cache if need be):
+    ObjectMissing, IntegrityFailure or StoreUnavailable when they cannot be had."""
+    return artifact_store(settings).model_dir(model.path)
 
 
 def lineage(session: Session, model: Model) -> list[dict[str, Any]]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from core.services.datasets import check_predict_sentences
 from core.services.models import get_model, model_directory
 from core.settings import Settings
 from ml.vocabulary import BASE
-from models_store.store import MANIFEST_NAME
+from models_store.errors import StoreError
 
 log = logging.getLogger("notetune.api")
 
@@ -78,23 +78,14 @@ def _utf8_encodable(text: str) -> bool:
     return True
 
 
-def stored_model_directory(settings: Settings, model: Model) -> Path:
-    """The model's directory; a row whose files are gone (a lost volume, a manual clean-up) is not our
-    bug, and not the caller's either: the model is unavailable."""
-    directory = model_directory(settings, model)
-    if not (directory / MANIFEST_NAME).is_file():
-        raise ModelUnavailable(
-            "a requested model is registered but its files are missing from the model store"
-        )
-    return directory
-
-
 @dataclass(frozen=True)
 class ScoringTarget:
-    """One model to score the notes with: a saved model directory, or None for the untrained base."""
+    """One model to score the notes with: a stored model (its row), or None for the untrained base.
+    `model_dir` is where its files are on this host, once fetched (`fetch_models`)."""
 
-    model_dir: Path | None
+    model: Model | None
     base_model: str
+    model_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -116,14 +107,30 @@ def plan_prediction(session: Session, settings: Settings, spec: PredictSpec) -> 
     """Check the limits and find the models (404 for an unknown one, 503 when its files are gone)."""
     check_limits(settings, spec)
     model = get_model(session, spec.model_id, organisation_id=spec.organisation_id)
-    targets = {model.id: ScoringTarget(stored_model_directory(settings, model), model.base_model)}
+    targets = {model.id: ScoringTarget(model, model.base_model)}
     for name in dict.fromkeys(spec.compare_with):
         if name == BASE:
             targets[name] = ScoringTarget(None, model.base_model)
         elif name != model.id:
             other = get_model(session, name, organisation_id=spec.organisation_id)
-            targets[name] = ScoringTarget(stored_model_directory(settings, other), other.base_model)
+            targets[name] = ScoringTarget(other, other.base_model)
     return PredictionPlan(model.id, list(spec.texts), spec.threshold, targets, spec.organisation_id)
+
+
+def fetch_models(settings: Settings, plan: PredictionPlan) -> PredictionPlan:
+    """Each planned model's local directory, fetched from the store when this host has no copy (after
+    the planning transaction: a download never holds a database connection). A model whose files are
+    gone, damaged or out of reach makes the prediction unavailable (503), never a wrong answer."""
+    targets = {}
+    for name, target in plan.targets.items():
+        directory = None
+        if target.model is not None:
+            try:
+                directory = model_directory(settings, target.model)
+            except StoreError as error:
+                raise ModelUnavailable(error.message) from None
+        targets[name] = replace(target, model_dir=directory)
+    return replace(plan, targets=targets)
 
 
 def assemble(plan: PredictionPlan, scored: dict[str, Any]) -> dict[str, Any]:
@@ -186,7 +193,8 @@ async def predict(
 
 def _planned(database: Database, settings: Settings, spec: PredictSpec) -> PredictionPlan:
     with database.transaction() as session:
-        return plan_prediction(session, settings, spec)
+        plan = plan_prediction(session, settings, spec)
+    return fetch_models(settings, plan)
 
 
 def _audited(
@@ -220,7 +228,7 @@ async def _explained(predictor: Any, plan: PredictionPlan) -> list[dict[str, Any
 
 async def _scored(predictor: Any, plan: PredictionPlan) -> dict[str, Any]:
     from ml.serving import ModelRequest, ServingBusy
-    from models_store.store import ModelNotFound
+    from models_store.errors import ModelNotFound
 
     requests = [ModelRequest(target.model_dir, target.base_model) for target in plan.targets.values()]
     try:

@@ -26,6 +26,7 @@ from core.db.repositories import (
 from core.errors import Conflict
 from core.services.jobs import json_safe
 from core.settings import Settings
+from core.storage import artifact_store
 
 # Manifest entries that summarise how well a model did; stored on the job and on the model row.
 METRIC_KEYS = (
@@ -250,9 +251,10 @@ def record_cancelled(session: Session, job_id: str, attempt: int) -> bool:
 def finetune_inputs(session: Session, settings: Settings, job: Job) -> FinetuneInputs:
     """The files a fine-tune reads: its training CSV and, when it continues a model, the parent's.
     Everything is read as the job's organisation: a job never reads another organisation's rows."""
+    store = artifact_store(settings)
     train = _readable_dataset(session, job, job.train_dataset_id, "training")
     if job.parent_model_id is None:
-        return FinetuneInputs(settings.stored_file(train.path), None, None)
+        return FinetuneInputs(store.file_path(train.path), None, None)
     parent = ModelRepository(session, job.organisation_id).get(job.parent_model_id)
     if parent is None:
         raise Conflict("the parent model was deleted after the job was queued", code="parent_model_deleted")
@@ -260,9 +262,9 @@ def finetune_inputs(session: Session, settings: Settings, job: Job) -> FinetuneI
     parent_data = DatasetRepository(session, job.organisation_id).get(parent.train_dataset_id or "")
     has_parent_data = parent_data is not None and parent_data.file_deleted_at is None
     return FinetuneInputs(
-        settings.stored_file(train.path),
-        settings.stored_model(parent.path),
-        settings.stored_file(parent_data.path) if has_parent_data else None,
+        store.file_path(train.path),
+        store.model_dir(parent.path),
+        store.file_path(parent_data.path) if has_parent_data else None,
     )
 
 
@@ -272,7 +274,7 @@ def evaluation_inputs(session: Session, settings: Settings, job: Job) -> Evaluat
     models = [_model_to_evaluate(session, settings, job, entry) for entry in job.evaluation_models or []]
     options = job.evaluation_options or {}
     return EvaluationInputs(
-        settings.stored_file(test.path),
+        artifact_store(settings).file_path(test.path),
         models,
         n_resamples=int(options.get("n_resamples", 1000)),
         seed=int(options.get("seed", 0)),
@@ -297,7 +299,7 @@ def _model_to_evaluate(
         row = ModelRepository(session, job.organisation_id).get(entry["model_id"])
         if row is None:
             raise Conflict("an evaluated model was deleted after the job was queued", code="model_deleted")
-        model_dir = settings.stored_model(row.path)
+        model_dir = artifact_store(settings).model_dir(row.path)
     return ModelToEvaluate(
         entry["name"],
         entry.get("model_id"),

@@ -23,7 +23,7 @@ from ml.data import (
     stratified_split,
 )
 from ml.modeling import load_tokenizer, pick_device
-from models_store.store import read_manifest
+from models_store.layout import read_manifest
 
 
 @dataclass

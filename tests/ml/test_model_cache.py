@@ -9,7 +9,7 @@ from ml.config import TrainConfig
 from ml.finetune import finetune
 from ml.model_cache import ModelCache
 from ml.modeling import load_for_inference
-from models_store.store import read_manifest
+from models_store.layout import read_manifest
 
 FAST = {"epochs": 1, "max_length": 64, "batch_size": 8, "warmup_steps": 1, "lr": 5e-3}
 NOTES = ["Stage IV with liver metastases, ECOG 3.", "Stage I, complete response.", "Grade 2, ER positive."]
@@ -190,7 +190,7 @@ def test_the_batcher_refuses_work_beyond_its_queue_bound(models):
 
 def test_a_missing_model_fails_only_its_own_caller(models, tmp_path):
     from ml.serving import BatchingOptions, MicroBatcher, ModelRequest
-    from models_store.store import ModelNotFound
+    from models_store.layout import ModelNotFound
 
     batcher = MicroBatcher(ModelCache(), BatchingOptions(max_wait_ms=50)).start()
     try:

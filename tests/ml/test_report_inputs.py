@@ -22,7 +22,7 @@ from ml.evaluate import EvaluationModel, evaluate_models, model_weights
 from ml.model_cache import Scored
 from ml.report import NOTE_LENGTH
 from ml.vocabulary import MAX_SUBGROUP_COLUMNS, MAX_SUBGROUP_VALUES
-from models_store.store import weights_sha256
+from models_store.layout import weights_sha256
 
 CANARY = "ZEBRA-CANARY-7731"
 

@@ -214,29 +214,44 @@ def integrity(database, settings, job_ids: list[str]) -> dict[str, int]:
             dataset = session.get(Dataset, job.train_dataset_id or job.test_dataset_id)
             if dataset is None:
                 counts["rows_lost"] += 1
-            elif not settings.stored_file(dataset.path).is_file():
+            elif not stored_file(settings, dataset.path).is_file():
                 counts["rows_without_files"] += 1
             model = session.get(Model, job.output_model_id) if job.output_model_id else None
             if job.status == JobStatus.succeeded and job.output_model_id:
                 has_files = (
-                    model is not None and (settings.stored_model(model.path) / "manifest.json").is_file()
+                    model is not None and (stored_model(settings, model.path) / "manifest.json").is_file()
                 )
                 counts["rows_lost"] += model is None
                 counts["rows_without_files"] += model is not None and not has_files
             if job.output_model_id:
                 counts["files_without_rows"] += _model_files_without_row(settings, job, model)
             evaluation = session.query(Evaluation).filter(Evaluation.job_id == job.id).one_or_none()
-            if evaluation is not None and not settings.stored_file(evaluation.arrays_path).is_file():
+            if evaluation is not None and not stored_file(settings, evaluation.arrays_path).is_file():
                 counts["rows_without_files"] += 1
     counts["files_without_rows"] += _dataset_files_without_rows(settings, dataset_paths)
     return counts
 
 
-def _model_files_without_row(settings, job, model) -> int:
-    from models_store.store import ModelStore
+def stored_file(settings, key: str) -> Path:
+    """Where the embedded (local) store keeps a data file: tests that look inside the layout."""
+    return settings.data_dir.resolve() / key
 
-    store = ModelStore(settings.models_root)
-    leftovers = len(store.attempt_dirs(job.output_model_id))
+
+def stored_model(settings, key: str) -> Path:
+    """Where the embedded (local) store keeps a model's directory."""
+    return settings.models_root / key
+
+
+def attempt_dirs(store, model_id: str) -> list[Path]:
+    """One model's attempt directories (and partial writes) on this host."""
+    return [path for path, owner, _ in store.local_attempts() if owner == model_id]
+
+
+def _model_files_without_row(settings, job, model) -> int:
+    from models_store.local import LocalStore
+
+    store = LocalStore(settings.data_dir, settings.models_root)
+    leftovers = len(attempt_dirs(store, job.output_model_id))
     leftovers += len(list(store.root.glob(f".tmp-{job.output_model_id}*")))
     leftovers += model is None and store.path_for(job.output_model_id).exists()
     return leftovers
@@ -246,7 +261,7 @@ def _dataset_files_without_rows(settings, dataset_paths: set[str]) -> int:
     root = settings.datasets_root
     if not root.is_dir():
         return 0
-    named = {settings.stored_file(path) for path in dataset_paths}
+    named = {stored_file(settings, path) for path in dataset_paths}
     return sum(1 for path in root.rglob("*") if path.is_file() and path not in named)
 
 

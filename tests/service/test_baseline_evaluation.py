@@ -13,6 +13,8 @@ from tests.service.helpers import (
     error_of,
     model_row_without_training,
     notes_csv,
+    stored_file,
+    stored_model,
     upload,
     wait_for_job,
 )
@@ -73,8 +75,8 @@ def test_a_baseline_column_is_the_stored_baselines_probabilities(
 
     with database.session() as session:
         arrays_path = session.get(Evaluation, job["evaluation_id"]).arrays_path
-        model_dir = settings.stored_model(session.get(Model, model_id).path)
-    with np.load(settings.stored_file(arrays_path)) as arrays:
+        model_dir = stored_model(settings, session.get(Model, model_id).path)
+    with np.load(stored_file(settings, arrays_path)) as arrays:
         scored = np.array(arrays[f"prob:{name}"])
     notes, _ = inspect_csv(trained["test_csv"], base_model=tiny_bert)
     np.testing.assert_array_equal(scored, load_baseline(model_dir).predict_proba(notes.texts))

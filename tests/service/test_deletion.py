@@ -21,6 +21,8 @@ from tests.service.helpers import (
     bearer,
     error_of,
     notes_csv,
+    stored_file,
+    stored_model,
     upload,
     wait_for_job,
 )
@@ -66,7 +68,7 @@ def copy_model(
 
     with database.session() as session:
         source = session.get(Model, hospital.model)
-        source_dir = settings.stored_model(source.path)
+        source_dir = stored_model(settings, source.path)
         job_id, model_id = new_id(), new_id()
         session.add(
             Job(
@@ -104,7 +106,7 @@ def copy_model(
             )
         )
         session.commit()
-    shutil.copytree(source_dir, settings.stored_model(model_id))
+    shutil.copytree(source_dir, stored_model(settings, model_id))
     return model_id
 
 
@@ -141,7 +143,7 @@ def model_dir(database, settings, model_id: str):
     from core.db.models import Model
 
     with database.session() as session:
-        return settings.stored_model(session.get(Model, model_id).path)
+        return stored_model(settings, session.get(Model, model_id).path)
 
 
 def new_dataset(client, hospital: Hospital, seed: int) -> str:
@@ -204,7 +206,7 @@ def test_a_dataset_a_queued_job_reads_is_409_and_the_models_trained_on_it_stay(
     dataset = new_dataset(client, hospital, seed=952)
     model = copy_model(database, settings, hospital, dataset=dataset)
     job = queued_job(database, hospital, train_dataset_id=dataset)
-    file = settings.stored_file(client_dataset_path(database, dataset))
+    file = stored_file(settings, client_dataset_path(database, dataset))
     refused = client.delete(f"/datasets/{dataset}", headers=hospital.headers())
     assert refused.status_code == 409, refused.text
     assert error_of(refused)["code"] == "dataset_in_use" and error_of(refused)["details"]["jobs"] == [job]
@@ -236,7 +238,7 @@ def test_deleting_an_evaluation_removes_its_scores(client, database, settings, h
     job = client.post("/jobs/evaluate", json=body, headers=hospital.headers()).json()
     evaluation = wait_for_job(client, hospital.keys["trainer"], job["id"])["evaluation_id"]
     with database.session() as session:
-        arrays = settings.stored_file(session.get(Evaluation, evaluation).arrays_path)
+        arrays = stored_file(settings, session.get(Evaluation, evaluation).arrays_path)
     assert arrays.is_file()
     deleted = client.delete(f"/evaluations/{evaluation}", headers=hospital.headers())
     assert deleted.status_code == 200 and deleted.json()["evaluations"] == [evaluation]
@@ -273,7 +275,7 @@ model_id, organisation_id, crash_at = sys.argv[1:4]
 settings = Settings()
 if crash_at == "file_removal":
     # The real kill -9, at the moment the committed deletion starts removing files.
-    deletion._remove = lambda path: os.kill(os.getpid(), signal.SIGKILL)
+    deletion._remove = lambda store, entry: os.kill(os.getpid(), signal.SIGKILL)
 database = Database(settings.sqlalchemy_url)
 with database.session() as session:
     deletion.delete_model(session, model_id, organisation_id=organisation_id, cascade=True)
@@ -345,7 +347,7 @@ def test_retention_removes_old_notes_files_and_keeps_the_rest(client, database, 
     old, recent = new_dataset(client, hospital, seed=953), new_dataset(client, hospital, seed=954)
     model = copy_model(database, settings, hospital, dataset=old)
     files = {
-        dataset: settings.stored_file(client_dataset_path(database, dataset)) for dataset in (old, recent)
+        dataset: stored_file(settings, client_dataset_path(database, dataset)) for dataset in (old, recent)
     }
     with database.transaction() as session:
         session.execute(

@@ -11,7 +11,13 @@ from contextlib import contextmanager
 import pytest
 from sqlalchemy import event, text
 
-from tests.service.helpers import SMALL_JOB, default_organisation_id, registered_dataset
+from tests.service.helpers import (
+    SMALL_JOB,
+    attempt_dirs,
+    default_organisation_id,
+    registered_dataset,
+    stored_model,
+)
 
 QUICK = {**SMALL_JOB, "head_init": "random"}
 
@@ -201,7 +207,7 @@ def published_model(database, settings, job_id: str):
         job = session.get(Job, job_id)
         assert job.status == JobStatus.succeeded and job.attempt == 2, (job.status, job.attempt, job.error)
         model = session.get(Model, job.output_model_id)
-    directory = settings.stored_model(model.path)
+    directory = stored_model(settings, model.path)
     assert (directory / "manifest.json").is_file(), "the winner's model directory is gone"
     return model, directory
 
@@ -217,7 +223,7 @@ def test_a_stale_attempts_failure_keeps_the_winners_model(database, settings, ru
 
     run_job(runtime, job.id, "first-worker", stale_attempt_that_fails)
     published_model(database, settings, job.id)
-    assert not runtime.store.attempt_dirs(job.output_model_id)
+    assert not attempt_dirs(runtime.store, job.output_model_id)
 
 
 def test_a_stale_attempts_late_success_is_refused(database, settings, runtime, dataset_id):
@@ -235,7 +241,7 @@ def test_a_stale_attempts_late_success_is_refused(database, settings, runtime, d
     model, directory = published_model(database, settings, job.id)
     on_disk = json.loads((directory / "manifest.json").read_text())
     assert on_disk["logit_fingerprint"] == model.manifest["logit_fingerprint"]
-    assert not runtime.store.attempt_dirs(job.output_model_id)
+    assert not attempt_dirs(runtime.store, job.output_model_id)
 
 
 def test_a_run_reports_its_phase_from_the_claim(database, settings, runtime, dataset_id):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.service.helpers import SMALL_JOB, bearer, notes_csv, upload, wait_for_job
+from tests.service.helpers import SMALL_JOB, bearer, notes_csv, stored_file, upload, wait_for_job
 
 TEST_ROWS = 16  # one /predict request holds them all (NOTETUNE_MAX_PREDICT_TEXTS)
 LINEAGES = ("lora", "adalora")
@@ -67,7 +67,7 @@ def direct(models, test_notes, database, settings) -> dict[str, dict]:
     from ml.forward import logits_for_texts
     from ml.metrics import softmax_probability
     from ml.modeling import load_for_inference, load_tokenizer
-    from models_store.store import read_manifest
+    from models_store.layout import read_manifest
 
     out = {}
     for model_id in models.values():
@@ -122,7 +122,7 @@ def test_an_evaluation_saves_and_reports_each_named_models_own_probabilities(
     with database.session() as session:
         evaluation = session.get(Evaluation, job["evaluation_id"])
         report, arrays_path = evaluation.report, evaluation.arrays_path
-    with np.load(settings.stored_file(arrays_path)) as stored:
+    with np.load(stored_file(settings, arrays_path)) as stored:
         arrays = {name: stored[name] for name in stored.files}
     assert np.array_equal(arrays["y_true"], test_notes["labels"])
 

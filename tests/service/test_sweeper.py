@@ -9,7 +9,7 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from tests.service.helpers import registered_dataset
+from tests.service.helpers import attempt_dirs, registered_dataset, stored_file
 from tests.service.test_reaper import new_job
 
 
@@ -30,11 +30,11 @@ def test_only_the_attempt_holding_the_job_keeps_its_directory(database, runtime,
     job = new_job(database, dataset_id, status=JobStatus.running, attempt=2)
     store, model_id = runtime.store, job.output_model_id
     for attempt in (1, 2):
-        model_dir(store.attempt_path(model_id, attempt))
-    partial = store.attempt_path(model_id, 1).parent / f".tmp-{model_id}.a1-0badf00d"
+        model_dir(store.attempt_dir(model_id, attempt))
+    partial = store.attempt_dir(model_id, 1).parent / f".tmp-{model_id}.a1-0badf00d"
     partial.mkdir()
     sweep_attempt_dirs(runtime)
-    assert [path.name for path in store.attempt_dirs(model_id)] == [f"{model_id}.a2"]
+    assert [path.name for path in attempt_dirs(store, model_id)] == [f"{model_id}.a2"]
 
 
 def test_a_published_model_without_its_row_goes_once_the_job_ended(database, runtime, dataset_id):
@@ -70,7 +70,7 @@ def test_old_files_without_rows_are_swept(database, settings, runtime, dataset_i
     for path in (orphan, partial, arrays):
         os.utime(path, (an_hour_ago, an_hour_ago))
     with database.session() as session:
-        kept = settings.stored_file(session.get(Dataset, dataset_id).path)
+        kept = stored_file(settings, session.get(Dataset, dataset_id).path)
     os.utime(kept, (an_hour_ago, an_hour_ago))
     assert sweep_data_files(runtime, settings.temp_max_age_s) == 3
     assert kept.is_file() and fresh.is_file()

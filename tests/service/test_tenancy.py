@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from tests.service.helpers import SMALL_JOB, bearer, error_of, notes_csv, upload, wait_for_job
+from tests.service.helpers import SMALL_JOB, bearer, error_of, notes_csv, stored_file, upload, wait_for_job
 from tests.service.test_auth import PUBLIC, RANK, REQUIRED_ROLE, api_routes
 
 ROLES = ("admin", "trainer", "predictor")
@@ -255,7 +255,7 @@ def test_the_same_file_is_a_dataset_of_each_organisation(client, database, setti
         rows = [session.get(Dataset, dataset_id) for dataset_id in (a.dataset, b.dataset)]
     assert rows[0].sha256 == rows[1].sha256 and rows[0].path != rows[1].path
     for row, tenant in zip(rows, (a, b), strict=True):
-        assert tenant.organisation_id in row.path and settings.stored_file(row.path).is_file()
+        assert tenant.organisation_id in row.path and stored_file(settings, row.path).is_file()
     again = upload(client, b.keys["trainer"], notes_csv(40, seed=901))
     assert again.status_code == 200 and again.json()["id"] == b.dataset
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 def partial_write(settings, age_s: float) -> Path:
     """A `.tmp-*` model directory as a crashed (or still running) writer leaves it, `age_s` old."""
-    from models_store.store import TEMP_PREFIX
+    from models_store.layout import TEMP_PREFIX
 
     directory = settings.models_root / f"{TEMP_PREFIX}{uuid.uuid4().hex}-0000abcd"
     directory.mkdir(parents=True)
