@@ -12,7 +12,7 @@ import os
 import shutil
 import time
 import uuid
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from models_store.artifacts import ArtifactStore, StoredObject
 from models_store.errors import MODEL_FILES_MISSING, InvalidKey, ObjectMissing
@@ -31,10 +31,8 @@ DATA_FOLDERS = ("datasets", "evaluations")
 
 def checked_key(key: str) -> str:
     """A data file's key: a relative path below one of DATA_FOLDERS, without '..' or empty parts."""
-    parts = PurePosixPath(key).parts
-    if not parts or parts[0] not in DATA_FOLDERS or any(part in ("", ".", "..") for part in parts):
-        raise InvalidKey(f"not a data file key: {key!r}")
-    if key.startswith("/") or "\\" in key:
+    parts = key.split("/")
+    if parts[0] not in DATA_FOLDERS or "\\" in key or any(part in ("", ".", "..") for part in parts):
         raise InvalidKey(f"not a data file key: {key!r}")
     return key
 

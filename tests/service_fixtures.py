@@ -88,6 +88,17 @@ def service_env(postgres_url, redis_url, service_dir, tiny_bert) -> Iterator[dic
 
 
 @pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3-compatible server (SeaweedFS), started on first use; tests may stop and restart it."""
+    from tests.s3_server import S3Server
+
+    root = tmp_path_factory.mktemp("s3")
+    server = S3Server(root / "data", root / "weed.log").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def settings(service_env):
     from core.settings import Settings
 

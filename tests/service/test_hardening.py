@@ -190,6 +190,7 @@ def test_concurrent_uploads_of_one_file_give_one_dataset(database, settings, org
 def test_a_rolled_back_upload_keeps_a_file_a_committed_row_points_at(database, settings, organisation_id):
     from core.db.models import Dataset
     from core.services.datasets import dataset_file, forget_dataset_file, register_dataset
+    from models_store.errors import ObjectMissing
 
     with database.session() as session:
         committed, _ = register_dataset(
@@ -206,7 +207,8 @@ def test_a_rolled_back_upload_keeps_a_file_a_committed_row_points_at(database, s
         assert created and dataset_file(settings, rolled_back).is_file()
         session.rollback()
         forget_dataset_file(session, settings, rolled_back)
-        assert not dataset_file(settings, rolled_back).exists()
+        with pytest.raises(ObjectMissing):
+            dataset_file(settings, rolled_back)
 
 
 def test_old_queued_jobs_are_picked_for_a_resend_once_per_period(database, settings):

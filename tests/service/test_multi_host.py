@@ -46,31 +46,23 @@ class Api(ApiProcess):
 
 
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory) -> S3Server:
-    root = tmp_path_factory.mktemp("s3")
-    server = S3Server(root / "data", root / "weed.log").start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def deployment(s3, redis_url, tiny_bert, tmp_path_factory):
+def deployment(s3_server, redis_url, tiny_bert, tmp_path_factory):
     """The environment every host shares: its own database (migrated), queue and bucket."""
     database = f"notetune_mh_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(POSTGRES_ADMIN_DSN, autocommit=True) as connection:
         connection.execute(f'CREATE DATABASE "{database}"')
     bucket = f"notetune-{uuid.uuid4().hex[:8]}"
-    s3.create_bucket(bucket)
+    s3_server.create_bucket(bucket)
     base = POSTGRES_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
     env = {
         **{name: value for name, value in os.environ.items() if not name.startswith("NOTETUNE_")},
-        **s3.credentials,
+        **s3_server.credentials,
         "DATABASE_URL": f"{base}/{database}",
         "CELERY_BROKER_URL": redis_url,
         "NOTETUNE_QUEUE_NAME": f"notetune-mh-{uuid.uuid4().hex[:8]}",
         "NOTETUNE_BASE_MODEL": tiny_bert,
         "NOTETUNE_STORE_URL": f"s3://{bucket}/{PREFIX}",
-        "NOTETUNE_S3_ENDPOINT_URL": s3.endpoint,
+        "NOTETUNE_S3_ENDPOINT_URL": s3_server.endpoint,
         "NOTETUNE_STORE_TIMEOUT_S": "2",
         "NOTETUNE_STORE_MAX_ATTEMPTS": "2",
         "NOTETUNE_HEARTBEAT_INTERVAL_S": "0.5",
@@ -83,7 +75,7 @@ def deployment(s3, redis_url, tiny_bert, tmp_path_factory):
     root = tmp_path_factory.mktemp("hosts")
     run_cli(env, root / "setup", "migrate")
     key = run_cli(env, root / "setup", "keys", "create", "--role", "admin").strip().splitlines()[-1]
-    yield Deployment(env, root, key, bucket, s3)
+    yield Deployment(env, root, key, bucket, s3_server)
     with psycopg.connect(POSTGRES_ADMIN_DSN, autocommit=True) as connection:
         connection.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
@@ -260,7 +252,7 @@ def test_the_store_stopped_while_a_model_trains_fails_the_job_and_leaves_nothing
     api = hosts.api("api-f")
     worker = hosts.worker("worker-g")
     dataset = upload(api, key, synthetic_csv(200, "narrative", seed=21))
-    job = finetune(api, key, dataset, epochs=100, patience=100)
+    job = finetune(api, key, dataset, epochs=12, patience=12)  # ~20 s of training here
     model_id = output_model_id(hosts, job["id"])
 
     def training() -> bool:
