@@ -56,11 +56,22 @@ def job_row(database, job_id: str):
         return session.get(Job, job_id)
 
 
-def make_stale(session, job_id: str) -> None:
-    """The job's heartbeat an hour old by the database's clock: the reaper's next pass takes it."""
+def make_stale(session, job_id: str, age_s: float = 3600.0) -> None:
+    """The job's heartbeat `age_s` old by the database's clock: the reaper's next pass takes it."""
     session.execute(
-        text("UPDATE jobs SET heartbeat_at = now() - interval '1 hour' WHERE id = :id"), {"id": job_id}
+        text("UPDATE jobs SET heartbeat_at = now() - make_interval(secs => :age) WHERE id = :id"),
+        {"id": job_id, "age": age_s},
     )
+
+
+def stale_only_to_this_test(session, job_id: str, settings):
+    """A committed stale job that the session's live worker must not reap first (its monitor reaps
+    every second): the heartbeat is just past a shorter limit, which only the test's reaper uses.
+    Returns those settings; the live worker sees the job stale only a second and a half later."""
+    limit = settings.heartbeat_interval_s * 4
+    make_stale(session, job_id, age_s=limit + 0.5)
+    assert limit + 1.5 < settings.stale_after_s
+    return settings.model_copy(update={"stale_after_s": limit})
 
 
 @contextmanager
@@ -90,7 +101,7 @@ def test_a_cancel_during_the_requeue_wins(database, settings, dataset_id):
     job = new_job(database, dataset_id)
     with database.transaction() as session:
         claim(session, job.id, "dead-worker")
-        make_stale(session, job.id)
+        reaper_settings = stale_only_to_this_test(session, job.id, settings)
 
     def cancel_from_the_api():
         from core.db.session import Database
@@ -106,7 +117,7 @@ def test_a_cancel_during_the_requeue_wins(database, settings, dataset_id):
     try:
         with reaper.transaction() as session:
             with before_first_job_update(session, cancel_from_the_api) as fired:
-                result = reap_stale_jobs(session, settings)
+                result = reap_stale_jobs(session, reaper_settings)
             assert fired, "the reaper never updated the job"
     finally:
         reaper.dispose()
@@ -135,13 +146,13 @@ def test_a_cancel_lands_whatever_state_the_job_moved_to(database, settings, data
     job = new_job(database, dataset_id)
     with database.transaction() as session:
         claim(session, job.id, "dead-worker")
-        make_stale(session, job.id)
+        reaper_settings = stale_only_to_this_test(session, job.id, settings)
 
     def reaper_pass():
         reaper = type(database)(settings.sqlalchemy_url)
         try:
             with reaper.transaction() as other:
-                assert reap_stale_jobs(other, settings).requeued
+                assert reap_stale_jobs(other, reaper_settings).requeued
         finally:
             reaper.dispose()
 
