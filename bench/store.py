@@ -123,8 +123,7 @@ def main() -> None:
     try:
         endpoint = args.endpoint
         if endpoint is None:
-            sys.path.insert(0, str(REPO / "tests"))
-            from s3_server import S3Server
+            from tests.s3_server import S3Server
 
             server = S3Server(scratch / "weed", scratch / "weed.log").start()
             os.environ.update(server.credentials)

@@ -262,6 +262,12 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
+        """A configuration saved with `to_dict` (a job's run_config) as it was resolved then: every
+        field is given, so no default of the code running now fills anything in."""
+        return cls(**{**_coerced(values), "method": values["method"], "stage": int(values["stage"])})
+
     def _check(self) -> None:
         for spec in _FIELDS.values():
             _check_value(spec, getattr(self, spec.name))

@@ -120,3 +120,52 @@ def _stop_stale_server() -> None:
         os.killpg(int(PID_FILE.read_text().strip()), signal.SIGKILL)
         time.sleep(1)
     PID_FILE.unlink(missing_ok=True)
+
+
+class StallingProxy:
+    """A TCP relay in front of the S3 server that can stall: while `stalled`, it accepts connections
+    and keeps them open but passes no byte either way (a store that is slow, not down)."""
+
+    def __init__(self, upstream_port: int = S3_PORT) -> None:
+        import socket
+        import threading
+
+        self.upstream_port = upstream_port
+        self.stalled = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            except OSError:
+                client.close()
+                continue
+            for source, target in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
+
+    def _pump(self, source, target) -> None:
+        try:
+            while chunk := source.recv(65536):
+                while self.stalled.is_set():
+                    time.sleep(0.05)
+                target.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            for end in (source, target):
+                with contextlib.suppress(OSError):
+                    end.close()
+
+    def close(self) -> None:
+        self._listener.close()

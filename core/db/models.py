@@ -135,6 +135,8 @@ class Job(IdMixin, CreatedAtMixin, Base):
     # No foreign key: a job may name a parent whose model row does not exist yet (rejected at request time).
     parent_model_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
+    # A fine-tune's whole configuration, resolved once at submit (core.services.jobs.resolve_run_config).
+    run_config: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
     # Chosen when the job is created, so every attempt writes (and cleans up) the same store entry.
     output_model_id: Mapped[str | None] = mapped_column(String(32), nullable=True, unique=True)
 

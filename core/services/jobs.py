@@ -66,8 +66,7 @@ def create_finetune_job(
         return existing, False
 
     dataset = dataset_for_job(session, spec.train_dataset_id, organisation_id=organisation_id)
-    method, stage, base_model = _lineage_choice(session, settings, spec, organisation_id)
-    config = train_config(stage, method, spec.hyperparameters)
+    config, base_model = resolve_run_config(session, settings, spec, organisation_id)
     _check_trainable(dataset.summary, config.min_rows)
 
     job = add_queued_job(
@@ -79,12 +78,13 @@ def create_finetune_job(
             api_key_id=api_key_id,
             idempotency_key=idempotency_key,
             request_fingerprint=fingerprint,
-            method=method,
-            stage=stage,
+            method=config.method,
+            stage=config.stage,
             base_model=base_model,
             train_dataset_id=dataset.id,
             parent_model_id=spec.parent_model_id,
             hyperparameters=given_hyperparameters(config, spec.hyperparameters),
+            run_config=json_safe(config.to_dict()),
             output_model_id=new_id(),
         ),
     )
@@ -115,12 +115,6 @@ def idempotent_replay(
     return existing
 
 
-def train_config(stage: int, method: str, hyperparameters: dict[str, Any]) -> Any:
-    from ml.config import TrainConfig
-
-    return TrainConfig.for_stage(stage, method, hyperparameters)
-
-
 def given_hyperparameters(config: Any, requested: dict[str, Any]) -> dict[str, Any]:
     """The keys the request set, with their validated and coerced values: never the raw input, which
     may hold values PostgreSQL's JSONB refuses. Unset keys stay out, so the stage defaults apply."""
@@ -128,10 +122,13 @@ def given_hyperparameters(config: Any, requested: dict[str, Any]) -> dict[str, A
     return {key: validated[key] for key in requested if key in validated and key not in ("method", "stage")}
 
 
-def _lineage_choice(
+def resolve_run_config(
     session: Session, settings: Settings, spec: FinetuneSpec, organisation_id: str
-) -> tuple[str, int, str]:
-    """(method, stage, base model): from the parent for a second fine-tune, else from the request."""
+) -> tuple[Any, str]:
+    """A fine-tune's whole configuration (ml.config.TrainConfig) and its base model, resolved once,
+    at submit: the stage's and method's defaults, the request's settings and, for a second fine-tune,
+    the parent's method, stage and architecture. The job stores it (`run_config`) and the worker
+    trains with exactly that."""
     from ml.config import TrainConfig
     from ml.vocabulary import METHODS
 
@@ -147,7 +144,7 @@ def _lineage_choice(
                 code="base_model_not_allowed",
                 details={"allowed": allowed_base_models(settings)},
             )
-        return spec.method, 1, base_model
+        return TrainConfig.for_stage(1, spec.method, spec.hyperparameters), base_model
 
     parent = finished_parent(session, spec.parent_model_id, organisation_id)
     lineage = {"method": parent.method, "stage": parent.stage, "hyperparameters": parent.hyperparameters}
@@ -157,7 +154,7 @@ def _lineage_choice(
             "a second fine-tune uses its parent's base model; leave base_model out",
             code="base_model_mismatch",
         )
-    return config.method, config.stage, parent.base_model
+    return config, parent.base_model
 
 
 def finished_parent(session: Session, parent_model_id: str, organisation_id: str) -> Model:

@@ -248,6 +248,17 @@ def record_cancelled(session: Session, job_id: str, attempt: int) -> bool:
     return True
 
 
+def run_config(job: Job) -> Any:
+    """The configuration (ml.config.TrainConfig) the job was resolved to at submit. A job queued before
+    configurations were stored (migration 0004) has its resolved from its stage, method and settings."""
+    from ml.config import TrainConfig
+
+    assert job.method is not None and job.stage is not None
+    if job.run_config is not None:
+        return TrainConfig.from_dict(job.run_config)
+    return TrainConfig.for_stage(job.stage, job.method, job.hyperparameters)
+
+
 def finetune_inputs(session: Session, settings: Settings, job: Job) -> FinetuneInputs:
     """The files a fine-tune reads: its training CSV and, when it continues a model, the parent's.
     Everything is read as the job's organisation: a job never reads another organisation's rows."""

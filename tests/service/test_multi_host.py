@@ -5,7 +5,8 @@ One deployment per module, apart from the rest of the suite: a database, a queue
 own. Each "host" is a process with its own NOTETUNE_DATA_DIR. The journey: a first fine-tune on
 worker A, the second (from the first) on worker B, an evaluation, /predict from API processes that
 never trained anything, a deletion seen by both; then the faults: the store down at /predict, a
-damaged object, the store stopped while a model is being trained and uploaded.
+damaged object, the store slow (a relay that stalls), the store stopped while a model is being
+trained and uploaded.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -21,7 +23,7 @@ import psycopg
 import pytest
 
 from tests.conftest import synthetic_csv
-from tests.s3_server import S3Server
+from tests.s3_server import S3Server, StallingProxy
 from tests.service.helpers import REPO_ROOT, SMALL_JOB, ApiProcess, WorkerProcess, wait_until
 from tests.service_fixtures import POSTGRES_ADMIN_DSN
 
@@ -109,8 +111,11 @@ class Deployment:
         self.processes.append(worker)
         return worker
 
-    def api(self, name: str) -> Api:
-        api = Api(self._host_env(name), self.root / f"{name}.log").start().wait_ready()
+    def api(self, name: str, endpoint: str | None = None) -> Api:
+        env = self._host_env(name)
+        if endpoint is not None:  # this host reaches the store through another address
+            env["NOTETUNE_S3_ENDPOINT_URL"] = endpoint
+        api = Api(env, self.root / f"{name}.log").start().wait_ready()
         self.processes.append(api)
         return api
 
@@ -228,6 +233,23 @@ def test_models_trained_on_two_workers_are_served_by_apis_that_never_trained(hos
         assert predictions(api_d, key, second_model).status_code == 200
     finally:
         hosts.s3.start()
+
+    # The store slow (it accepts connections and answers nothing): the same, within the timeout.
+    proxy = StallingProxy()
+    try:
+        api_s = hosts.api("api-s", endpoint=proxy.endpoint)
+        assert predictions(api_s, key, second_model).status_code == 200
+        proxy.stalled.set()
+        started = time.monotonic()
+        stalled = predictions(api_s, key, first_model)
+        waited = time.monotonic() - started
+        assert stalled.status_code == 503, stalled.text
+        assert "could not be reached" in stalled.json()["error"]["message"]
+        assert waited < 30, f"a stalled store held /predict for {waited:.0f} s"
+        assert predictions(api_s, key, second_model).status_code == 200
+    finally:
+        proxy.stalled.clear()
+        proxy.close()
 
     # A damaged object is refused, never served: API E has no copy of the first model yet.
     weights = [name for name in hosts.objects(f"models/{first_model}/") if name.endswith(".safetensors")]

@@ -14,6 +14,7 @@ from sqlalchemy import event, text
 from tests.service.helpers import (
     SMALL_JOB,
     attempt_dirs,
+    bearer,
     default_organisation_id,
     registered_dataset,
     stored_model,
@@ -280,3 +281,41 @@ def test_a_run_reports_its_phase_from_the_claim(database, settings, runtime, dat
     # A job that cannot be claimed shows nothing new.
     with database.transaction() as session:
         assert claim(session, job.id, "late-redelivery") is None
+
+
+# The configuration a run trains with: resolved once at submit, stored with the job.
+
+
+def test_the_worker_trains_with_the_configuration_stored_at_submit(database, settings, runtime, dataset_id):
+    from core.db.models import Job, JobStatus, Model
+    from ml.config import TrainConfig
+    from worker.execution import finetune_body, run_job
+
+    resolved = TrainConfig.for_stage(1, "full", QUICK).to_dict()
+    # Settings that resolving the row's (empty) hyperparameters again would not give: the stored ones
+    # must win (a default changed between submit and run changes nothing either).
+    stored = {**resolved, "epochs": 1, "max_length": 48, "seed": 7}
+    job = new_job(database, dataset_id, hyperparameters={}, run_config=stored)
+    run_job(runtime, job.id, "config-worker", finetune_body)
+    with database.session() as session:
+        row = session.get(Job, job.id)
+        assert row.status == JobStatus.succeeded, row.error
+        trained = session.get(Model, row.output_model_id).hyperparameters
+    assert {name: trained[name] for name in ("epochs", "max_length", "seed")} == {
+        "epochs": 1,
+        "max_length": 48,
+        "seed": 7,
+    }
+
+
+def test_a_submitted_fine_tune_stores_its_whole_configuration(client, keys, database, dataset_id):
+    from core.db.models import Job
+    from ml.config import TrainConfig
+
+    body = {"method": "lora", "train_dataset_id": dataset_id, "hyperparameters": SMALL_JOB}
+    response = client.post("/jobs/finetune", json=body, headers=bearer(keys["trainer"]))
+    assert response.status_code == 202, response.text
+    with database.session() as session:
+        row = session.get(Job, response.json()["id"])
+    assert row.run_config == TrainConfig.for_stage(1, "lora", SMALL_JOB).to_dict()
+    assert set(row.hyperparameters) == set(SMALL_JOB)  # what the request set, as it set it
