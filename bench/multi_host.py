@@ -11,7 +11,8 @@ own), a worker host and two API hosts with no shared path (`notetune worker`, `n
    process has just started: loaded only), alternating, each time in a freshly started API process;
    and the next /predict (in memory).
 2. /predict throughput with closed-loop clients (one note per request): all against one API process,
-   then split over two, in the same run.
+   then split over two, in the same run. On one machine the two processes share its cores: each gets
+   half (OMP_NUM_THREADS), as two hosts would each have their own; a third row gives both all cores.
 """
 
 from __future__ import annotations
@@ -238,19 +239,38 @@ def main() -> None:
         print(f"  warm disk cache (load only)            {warm:7.3f}   cold/warm {cold / warm:.2f}x")
         print(f"  next /predict (in memory)              {memory:7.3f}")
 
-        api_b = ApiHost(env, root, "api-b", free_port()).start()
-        hosts.append(api_b)
-        for api in (api_a, api_b):  # load the model in both before timing
-            predict_seconds(api, key, model_id, notes[0])
-        one = closed_loop([api_a.url], key, model_id, notes, args.clients, args.seconds)
-        two = closed_loop([api_a.url, api_b.url], key, model_id, notes, args.clients, args.seconds)
-        print(f"\n/predict, {args.clients} closed-loop clients, {args.seconds:g} s each:")
-        for label, row in (("one API process", one), ("two API processes", two)):
+        api_a.stop()
+        # One machine stands in for two hosts: each process gets its share of the cores (torch's
+        # threads of two processes fighting over the same cores is the third row: it is much slower).
+        cores = os.cpu_count() or 2
+        shares = {
+            "one API process, all cores": [{}],
+            "two API processes, half the cores each": [{"OMP_NUM_THREADS": str(max(1, cores // 2))}] * 2,
+            "two API processes, all cores each": [{}, {}],
+        }
+        rows = {}
+        for label, extra_envs in shares.items():
+            apis = [
+                ApiHost({**env, **extra}, root, f"api-{index}", free_port()).start()
+                for index, extra in enumerate(extra_envs)
+            ]
+            hosts.extend(apis)
+            for api in apis:  # load the model before timing
+                predict_seconds(api, key, model_id, notes[0])
+            rows[label] = closed_loop(
+                [api.url for api in apis], key, model_id, notes, args.clients, args.seconds
+            )
+            for api in apis:
+                api.stop()
+        print(f"\n/predict, {args.clients} closed-loop clients, {args.seconds:g} s each ({cores} cores):")
+        for label, row in rows.items():
             print(
-                f"  {label:18} {row['requests_per_s']:7.1f} req/s  p50 {row['p50_ms']:6.0f} ms  "
+                f"  {label:40} {row['requests_per_s']:7.1f} req/s  p50 {row['p50_ms']:6.0f} ms  "
                 f"p99 {row['p99_ms']:6.0f} ms  errors {row['errors']}"
             )
-        print(f"  two / one: {two['requests_per_s'] / one['requests_per_s']:.2f}x")
+        one = rows["one API process, all cores"]["requests_per_s"]
+        two = rows["two API processes, half the cores each"]["requests_per_s"]
+        print(f"  two (half the cores each) / one: {two / one:.2f}x")
     finally:
         for host in hosts:
             host.stop()
