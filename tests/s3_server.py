@@ -124,13 +124,14 @@ def _stop_stale_server() -> None:
 
 class StallingProxy:
     """A TCP relay in front of the S3 server that can stall: while `stalled`, it accepts connections
-    and keeps them open but passes no byte either way (a store that is slow, not down)."""
+    and keeps them open but passes no byte either way (a store that is slow, not down). With
+    `bytes_per_s`, it passes at most that many bytes a second each way (a slow link)."""
 
-    def __init__(self, upstream_port: int = S3_PORT) -> None:
+    def __init__(self, upstream_port: int = S3_PORT, bytes_per_s: float | None = None) -> None:
         import socket
         import threading
 
-        self.upstream_port = upstream_port
+        self.upstream_port, self.bytes_per_s = upstream_port, bytes_per_s
         self.stalled = threading.Event()
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
@@ -156,10 +157,12 @@ class StallingProxy:
 
     def _pump(self, source, target) -> None:
         try:
-            while chunk := source.recv(65536):
+            while chunk := source.recv(16384):
                 while self.stalled.is_set():
                     time.sleep(0.05)
                 target.sendall(chunk)
+                if self.bytes_per_s:
+                    time.sleep(len(chunk) / self.bytes_per_s)
         except OSError:
             pass
         finally:

@@ -5,8 +5,8 @@ One deployment per module, apart from the rest of the suite: a database, a queue
 own. Each "host" is a process with its own NOTETUNE_DATA_DIR. The journey: a first fine-tune on
 worker A, the second (from the first) on worker B, an evaluation, /predict from API processes that
 never trained anything, a deletion seen by both; then the faults: the store down at /predict, a
-damaged object, the store slow (a relay that stalls), the store stopped while a model is being
-trained and uploaded.
+damaged object, the store slow (a relay that stalls), the store stopped in the middle of a model's
+upload.
 """
 
 from __future__ import annotations
@@ -106,8 +106,11 @@ class Deployment:
     def _host_env(self, name: str) -> dict[str, str]:
         return {**self.env, "NOTETUNE_DATA_DIR": str(self.host_dir(name))}
 
-    def worker(self, name: str) -> Worker:
-        worker = Worker(self._host_env(name), self.root / f"{name}.log").start()
+    def worker(self, name: str, endpoint: str | None = None) -> Worker:
+        env = self._host_env(name)
+        if endpoint is not None:
+            env["NOTETUNE_S3_ENDPOINT_URL"] = endpoint
+        worker = Worker(env, self.root / f"{name}.log").start()
         self.processes.append(worker)
         return worker
 
@@ -122,6 +125,11 @@ class Deployment:
     def objects(self, prefix: str) -> list[str]:
         listing = self.s3.client().list_objects_v2(Bucket=self.bucket, Prefix=f"{PREFIX}/{prefix}")
         return [item["Key"] for item in listing.get("Contents", [])]
+
+    def stop_workers(self) -> None:
+        for process in self.processes:
+            if isinstance(process, Worker):
+                process.stop()
 
     def stop_all(self) -> None:
         for process in self.processes:
@@ -269,29 +277,42 @@ def test_models_trained_on_two_workers_are_served_by_apis_that_never_trained(hos
     assert hosts.objects(f"models/{second_model}/") == []
 
 
-def test_the_store_stopped_while_a_model_trains_fails_the_job_and_leaves_nothing_visible(hosts):
+def test_the_store_stopped_mid_upload_fails_the_job_and_leaves_nothing_visible(hosts):
+    """The worker reaches the store over a slow link, so publishing a model takes seconds; the server
+    is stopped once the first of the model's objects has arrived and before its commit record."""
     key = hosts.key
     api = hosts.api("api-f")
-    worker = hosts.worker("worker-g")
-    dataset = upload(api, key, synthetic_csv(200, "narrative", seed=21))
-    job = finetune(api, key, dataset, epochs=12, patience=12)  # ~20 s of training here
-    model_id = output_model_id(hosts, job["id"])
-
-    def training() -> bool:
-        progress = call(api, key, "GET", f"/jobs/{job['id']}").json().get("progress") or {}
-        return (progress.get("step") or 0) > 0
-
-    wait_until(training, timeout=180, message="the job never started training")
-    hosts.s3.stop()
+    hosts.stop_workers()  # the job must go to the worker on the slow link
+    link = StallingProxy(bytes_per_s=100_000)
     try:
-        outcome = finished(api, key, job["id"])
+        worker = hosts.worker("worker-g", endpoint=link.endpoint)
+        dataset = upload(api, key, synthetic_csv(60, "narrative", seed=21))
+        job = finetune(api, key, dataset)
+        model_id = output_model_id(hosts, job["id"])
+
+        def uploading() -> bool:
+            names = hosts.objects(f"models/{model_id}/")
+            assert not any(name.endswith("/objects.json") for name in names), "the upload was not cut"
+            return bool(names)
+
+        wait_until(uploading, timeout=180, interval=0.1, message="the model's upload never started")
+        hosts.s3.stop()
+        try:
+            outcome = finished(api, key, job["id"])
+        finally:
+            hosts.s3.start()
     finally:
-        hosts.s3.start()
+        link.close()
     assert outcome["status"] == "failed", outcome
     assert "store" in outcome["error"], outcome["error"]
     assert call(api, key, "GET", f"/models/{model_id}").status_code == 404
-    # Nothing of the model is in the bucket: no commit record a reader could take for a model.
-    assert hosts.objects(f"models/{model_id}/") == []
+    # Half an upload, no commit record: no reader could take it for a model, and the sweeper (its job
+    # has ended, no row names it) removes it.
+    wait_until(
+        lambda: hosts.objects(f"models/{model_id}/") == [],
+        timeout=60,
+        message="the cut upload's objects were not swept",
+    )
     assert worker.alive()
 
 
