@@ -21,8 +21,9 @@ from api.routes import metrics as metrics_routes
 from api.routes.system import run_checks
 from api.ui import STATIC_DIR, install_ui
 from core.db.session import Database
+from core.periodic import Periodically
 from core.queue import JobQueue
-from core.services.deletion import remove_pending_files
+from core.services.deletion import forget_erased_copies, remove_pending_files
 from core.services.health import HealthProbe
 from core.services.metrics import job_statistics
 from core.settings import Settings
@@ -56,6 +57,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.add_collector(JobCollector(lambda: job_statistics(database)))
         probe = HealthProbe(lambda: run_checks(database, queue, settings), settings.health_interval_s)
         app.state.runtime = ApiRuntime(settings, database, queue, predictor, metrics, probe.start())
+        # Copies of objects this API host fetched from a shared store go once they are deleted elsewhere.
+        erased_copies = Periodically(
+            "removing copies of deleted objects",
+            lambda: forget_copies(database, settings),
+            settings.sweep_interval_s,
+        )
+        if settings.uses_object_store:
+            erased_copies.start()
         health_port = (
             HealthPort(probe, settings.health_host, settings.health_port).start()
             if settings.health_port
@@ -67,6 +76,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if health_port is not None:
                 health_port.stop()
             probe.stop()
+            if settings.uses_object_store:
+                erased_copies.stop()
             predictor.stop()
             queue.close()
             database.dispose()
@@ -123,6 +134,11 @@ def finish_interrupted_deletions(database: Database, settings: Settings) -> None
             remove_pending_files(session, settings)
     except Exception as error:  # the database may not be up yet: the worker's sweeper retries
         log.warning("could not finish interrupted deletions at start (%s)", type(error).__name__)
+
+
+def forget_copies(database: Database, settings: Settings) -> None:
+    with database.session() as session:
+        forget_erased_copies(session, settings)
 
 
 def start_predictor(settings: Settings, metrics: ServiceMetrics):

@@ -10,6 +10,7 @@ token limit) is `None` when unset, and the service that uses it asks `ml` for th
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import AliasChoices, Field, SecretStr, model_validator
@@ -163,8 +164,13 @@ class Settings(BaseSettings):
         return self.store_url is not None
 
     def ensure_directories(self) -> None:
+        """Create the data directory, owner-only, and make everything this process writes from now
+        on owner-only too (umask 077): notes, models, the database and the caches are patients' data,
+        and no other local account may read them."""
+        os.umask(0o077)
         for directory in (self.data_dir, self.models_root, self.datasets_root, self.evaluations_root):
             Path(directory).mkdir(parents=True, exist_ok=True)
+        self.data_dir.chmod(0o700)
 
     # Faults and the audit trail. The HMAC key of the audit trail's note digests; unset: a random
     # key made once in the data directory (audit.key, mode 0600), shared by every process using it.

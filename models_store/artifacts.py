@@ -112,6 +112,12 @@ class ArtifactStore(abc.ABC):
     def sweep_partials(self, older_than_s: float) -> int:
         """Delete this host's temporary writes older than `older_than_s`; returns how many."""
 
+    def forget_local_copies(self, live_model_keys: set[str], live_data_keys: set[str]) -> int:
+        """Remove this host's copies of objects no live row names (a deleted model, dataset or
+        evaluation, fetched here before another host deleted it); returns how many. A store read in
+        place keeps no copies."""
+        return 0
+
     def describe(self) -> str:
         """Where the store is, for logs and the operator (never credentials)."""
         return type(self).__name__

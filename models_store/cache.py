@@ -90,6 +90,15 @@ class LocalCache:
             removed += 1
         return removed
 
+    def entry_keys(self) -> list[tuple[str, str]]:
+        """(folder, key) of every entry: a model's key is `<id>/a<N>`, a data file's its path below
+        `data/`."""
+        found = []
+        for path, _, _ in self._entries():
+            folder = MODELS if path.is_relative_to(self.root / MODELS) else DATA
+            found.append((folder, path.relative_to(self.root / folder).as_posix()))
+        return found
+
     def partials(self) -> list[Path]:
         """Temporary fetches (a process died mid-download)."""
         return [path for path in self.root.rglob(f"{TEMP_PREFIX}*")] if self.root.is_dir() else []

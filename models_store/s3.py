@@ -292,6 +292,14 @@ class S3Store(ArtifactStore):
         with self._calling(f"deleting {key}"):
             self._delete_prefix(self._object(MODELS, key) + "/")
 
+    def forget_local_copies(self, live_model_keys: set[str], live_data_keys: set[str]) -> int:
+        removed = 0
+        for folder, key in self.cache.entry_keys():
+            if key not in (live_model_keys if folder == MODELS else live_data_keys):
+                self.cache.discard(folder, key)
+                removed += 1
+        return removed
+
     def sweep_partials(self, older_than_s: float) -> int:
         """Temporary uploads and fetches this host left behind (a crash mid-transfer)."""
         cutoff = time.time() - older_than_s

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 
 from core.db.models import JobStatus
 from core.db.repositories import JobRunRepository, StoredFileRepository
-from core.services.deletion import remove_pending_files
+from core.services.deletion import forget_erased_copies, remove_pending_files
 from core.services.retention import apply_retention, retention_days
 from models_store.artifacts import model_id_of
 from worker.runtime import WorkerRuntime
@@ -35,6 +35,7 @@ class SweepResult:
     data_files: int = 0
     broker_messages: int = 0
     journalled_files: int = 0
+    cached_copies: int = 0
     retained_datasets: int = 0
 
     def total(self) -> int:
@@ -46,6 +47,8 @@ def sweep(runtime: WorkerRuntime) -> SweepResult:
     result = SweepResult()
     result.retained_datasets = apply_dataset_retention(runtime)
     result.journalled_files = finish_pending_deletions(runtime)
+    with runtime.database.session() as session:
+        result.cached_copies = forget_erased_copies(session, settings)
     result.attempt_dirs = sweep_attempt_dirs(runtime)
     result.orphan_models = sweep_orphan_models(runtime)
     result.partial_models = runtime.sweep_partial_models()

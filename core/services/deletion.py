@@ -86,6 +86,7 @@ def delete_model(session: Session, model_id: str, *, organisation_id: str, casca
     StoredFileRepository(session).journal(FileKind.model, paths, now)
     # Children first: a tombstone never has a live child (a lineage reads the same either way).
     deletion.models = models.set_deleted(list(reversed(doomed)), now)
+    JobRepository(session, organisation_id).forget_words(model_ids=doomed)
     return deletion
 
 
@@ -96,6 +97,7 @@ def delete_evaluation(session: Session, evaluation_id: str, *, organisation_id: 
         raise NotFound.for_id("evaluation", evaluation_id)
     now = utcnow()
     StoredFileRepository(session).journal(FileKind.data, [evaluation.arrays_path], now)
+    JobRepository(session, organisation_id).forget_words(job_ids=[evaluation.job_id])
     return Deletion(evaluations=evaluations.set_deleted([evaluation.id], now))
 
 
@@ -115,6 +117,14 @@ def commit_and_remove_files(session: Session, settings: Settings) -> None:
     """Commit the deletion, then remove the files it journalled (and any a crash left behind)."""
     session.commit()
     remove_pending_files(session, settings)
+
+
+def forget_erased_copies(session: Session, settings: Settings) -> int:
+    """This host's cached copies of deleted models, notes and arrays go too (a deletion on one host
+    removes the objects in the store and that host's copy; every other host runs this from time to
+    time: the worker's sweeper, the API's own timer)."""
+    files = StoredFileRepository(session)
+    return artifact_store(settings).forget_local_copies(files.named_model_paths(), files.named_data_paths())
 
 
 def remove_pending_files(session: Session, settings: Settings) -> int:

@@ -232,7 +232,7 @@ def test_a_dataset_a_queued_job_reads_is_409_and_the_models_trained_on_it_stay(
 
 
 def test_deleting_an_evaluation_removes_its_scores(client, database, settings, hospital):
-    from core.db.models import Evaluation
+    from core.db.models import Evaluation, Job
 
     body = {"test_dataset_id": hospital.dataset, "models": ["base", hospital.model], "n_resamples": 100}
     job = client.post("/jobs/evaluate", json=body, headers=hospital.headers()).json()
@@ -240,9 +240,19 @@ def test_deleting_an_evaluation_removes_its_scores(client, database, settings, h
     with database.session() as session:
         arrays = stored_file(settings, session.get(Evaluation, evaluation).arrays_path)
     assert arrays.is_file()
+    with database.transaction() as session:  # what a person may have typed about the patients
+        evaluation_job = session.get(Job, job["id"])
+        evaluation_job.name = "ward 7 follow-up, Mrs Example"
+        evaluation_job.evaluation_options = {
+            **evaluation_job.evaluation_options,
+            "subgroup_columns": ["ward"],
+        }
     deleted = client.delete(f"/evaluations/{evaluation}", headers=hospital.headers())
     assert deleted.status_code == 200 and deleted.json()["evaluations"] == [evaluation]
     assert not arrays.exists()
+    with database.session() as session:
+        evaluation_job = session.get(Job, job["id"])
+        assert evaluation_job.name is None and "subgroup_columns" not in evaluation_job.evaluation_options
     for path in (f"/evaluations/{evaluation}", f"/evaluations/{evaluation}/plots/roc.png"):
         assert client.get(path, headers=hospital.headers()).status_code == 404
     assert client.delete(f"/evaluations/{evaluation}", headers=hospital.headers()).status_code == 404
@@ -403,3 +413,18 @@ def test_notetune_orgs_create_prints_a_working_admin_key(client, capsys):
     trainer = capsys.readouterr().out.strip().splitlines()[-1]
     assert client.get("/datasets", headers=bearer(trainer)).json()["count"] == 0
     assert main(["keys", "create", "--role", "trainer", "--org", "no such hospital"]) == 2
+
+
+def test_a_deleted_models_job_forgets_the_name_it_was_given(client, database, settings, hospital):
+    from sqlalchemy import select
+
+    from core.db.models import Job
+
+    model = copy_model(database, settings, hospital)
+    with database.transaction() as session:
+        job = session.scalar(select(Job).where(Job.output_model_id == model))
+        job.name = "Mrs Example's ward, second opinion"
+        job_id = job.id
+    assert client.delete(f"/models/{model}", headers=hospital.headers()).status_code == 200
+    shown = client.get(f"/jobs/{job_id}", headers=hospital.headers()).json()
+    assert shown["name"] is None

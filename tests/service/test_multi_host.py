@@ -275,6 +275,9 @@ def test_models_trained_on_two_workers_are_served_by_apis_that_never_trained(hos
     assert deleted.status_code == 200, deleted.text
     assert predictions(api_d, key, second_model).status_code == 404
     assert hosts.objects(f"models/{second_model}/") == []
+    # The other host's copy goes too (its timer runs every NOTETUNE_SWEEP_INTERVAL_S).
+    api_d_copy = hosts.host_dir("api-d") / "cache" / "models" / second_model
+    wait_until(lambda: not any(api_d_copy.glob("a*")), timeout=30, message="api-d kept its copy")
 
 
 def test_the_store_stopped_mid_upload_fails_the_job_and_leaves_nothing_visible(hosts):

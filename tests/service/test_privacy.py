@@ -178,3 +178,17 @@ def test_canary_never_in_logs_or_job_rows(canary_model, worker_log, api_log, dat
             .all()
         )
     assert all(CANARY not in row for row in rows)
+
+
+def test_everything_the_service_keeps_on_disk_is_owner_only(canary_model, settings):
+    """Notes files, models, evaluation arrays (and, embedded, the database): no other local account
+    may read them. The canary's notes file and model were written by the API and the worker."""
+    import stat
+
+    readable_by_others = [
+        str(path.relative_to(settings.data_dir))
+        for path in [settings.data_dir, *settings.data_dir.rglob("*")]
+        if stat.S_IMODE(path.stat().st_mode) & 0o077
+    ]
+    assert readable_by_others == []
+    assert any(settings.data_dir.rglob("*.csv")) and any(settings.data_dir.rglob("manifest.json"))

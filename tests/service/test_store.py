@@ -148,3 +148,18 @@ def test_the_cache_spares_entries_in_use(tmp_path):
     # Both were used within the grace period (another process may be loading a): over budget, kept.
     assert cache.lookup("data", "datasets/a.csv") is not None
     assert cache.lookup("data", "datasets/b.csv") is not None
+
+
+def test_copies_of_objects_no_row_names_leave_this_hosts_cache(s3_store):
+    kept, erased = uuid.uuid4().hex, uuid.uuid4().hex
+    for model_id in (kept, erased):
+        finished_attempt(s3_store, model_id, 1)
+        s3_store.stage_model(model_id, 1)
+        s3_store.publish_model(model_id, 1)  # this host's copy becomes a cache entry
+    s3_store.put_bytes("datasets/org/kept.csv", b"a")
+    s3_store.put_bytes("datasets/org/erased.csv", b"b")
+    for key in ("datasets/org/kept.csv", "datasets/org/erased.csv"):
+        s3_store.file_path(key)
+    removed = s3_store.forget_local_copies({f"{kept}/a1"}, {"datasets/org/kept.csv"})
+    assert removed == 2
+    assert set(s3_store.cache.entry_keys()) == {("models", f"{kept}/a1"), ("data", "datasets/org/kept.csv")}

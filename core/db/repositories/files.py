@@ -15,6 +15,7 @@ from core.db.models import (
     Evaluation,
     FileKind,
     Job,
+    Model,
     PendingFileDeletion,
 )
 from core.db.repositories.base import ACTIVE
@@ -32,6 +33,10 @@ class StoredFileRepository:
         datasets = select(Dataset.path).where(Dataset.file_deleted_at.is_(None))
         evaluations = select(Evaluation.arrays_path).where(Evaluation.deleted_at.is_(None))
         return set(self.session.scalars(datasets).all()) | set(self.session.scalars(evaluations).all())
+
+    def named_model_paths(self) -> set[str]:
+        """Store keys of live models (every organisation's)."""
+        return set(self.session.scalars(select(Model.path).where(Model.deleted_at.is_(None))).all())
 
     def journal(self, kind: FileKind, paths: Sequence[str], now: datetime) -> None:
         self.session.add_all([PendingFileDeletion(kind=kind, path=path, created_at=now) for path in paths])

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, func, literal, select, update
+from sqlalchemy import case, func, literal, or_, select, update
 from sqlalchemy.orm import Session
 
 from core.db.base import UTCDateTime, db_now, utcnow
@@ -67,6 +67,20 @@ class JobRepository(OwnedRepository):
             return None
         status = self.session.scalar(self._owned(select(Job.status)).where(Job.id == job_id))
         return JobStatus(status) if status is not None else None
+
+    def forget_words(self, *, model_ids: Sequence[str] = (), job_ids: Sequence[str] = ()) -> None:
+        """What a person typed that went with a deleted model or evaluation, kept on the job that made
+        it: the job's name and an evaluation's subgroup column names (the rest is the job's record)."""
+        query = self._owned(select(Job)).where(
+            or_(Job.output_model_id.in_(list(model_ids)), Job.id.in_(list(job_ids)))
+        )
+        for job in self.session.scalars(query).all():
+            job.name = None
+            if job.evaluation_options and "subgroup_columns" in job.evaluation_options:
+                job.evaluation_options = {
+                    key: value for key, value in job.evaluation_options.items() if key != "subgroup_columns"
+                }
+        self.session.flush()
 
     def active_reading(self, *, dataset_ids: Sequence[str] = (), model_ids: Sequence[str] = ()) -> list[Job]:
         """Queued or running jobs that read one of these datasets or models: a fine-tune's training
