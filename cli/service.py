@@ -116,16 +116,37 @@ def serve_command(args: argparse.Namespace) -> int:
     settings = Settings()
     upgrade(settings)
     _print_first_admin_key(settings)
-    worker = None if args.no_worker else subprocess.Popen(worker_argv())
+    worker = None if args.no_worker else _start_worker()
     url = f"http://{args.host}:{args.port}"
     print(f"notetune API on {url}  (docs: {url}/docs)", flush=True)
     if settings.embedded:
         print(f"embedded mode: SQLite and broker files in {settings.data_dir.resolve()}", flush=True)
+    # uvicorn stops on SIGTERM (systemctl stop, docker stop, kill) and then raises the signal again;
+    # without a handler of ours that would end this process before the `finally` stops the worker.
+    signal.signal(signal.SIGTERM, _exit_quietly)
     try:
         return _run_api(args.host, args.port)
     finally:
         if worker is not None:
             _stop(worker)
+
+
+def _exit_quietly(_signum: int, _frame: object) -> None:
+    raise SystemExit(0)
+
+
+def _start_worker() -> subprocess.Popen:
+    """The worker in a process group of its own (it and its pool are stopped together), and told to
+    stop if this process dies without stopping it (kill -9)."""
+    return subprocess.Popen(worker_argv(), start_new_session=True, preexec_fn=_stop_when_parent_dies)
+
+
+def _stop_when_parent_dies() -> None:
+    # Linux's PR_SET_PDEATHSIG: SIGTERM to this child when its parent exits. Elsewhere, nothing.
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
 
 
 @contextlib.contextmanager
@@ -159,10 +180,14 @@ def _run_api(host: str, port: int) -> int:
 
 
 def _stop(process: subprocess.Popen) -> None:
+    """SIGTERM to the worker's group (Celery's warm shutdown: the running job may finish), then
+    SIGKILL after 30 s; a job cut short is re-queued by the reaper, as after any lost worker."""
     if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
         try:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            process.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
             process.wait()

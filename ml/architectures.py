@@ -181,6 +181,16 @@ POOLING_CLASSES = {
 }
 
 
+@functools.lru_cache(maxsize=8)
+def module_names(base_model: str) -> frozenset[str]:
+    """The dotted names of the base classifier's modules, from its configuration alone: built on the
+    meta device, so no weights are read and no memory is used."""
+    config = AutoConfig.from_pretrained(resolve_base_model(base_model))
+    with torch.device("meta"):
+        model = AutoModelForSequenceClassification.from_config(config)
+    return frozenset(name for name, _ in model.named_modules() if name)
+
+
 def load_classifier(source: str | Path, pooling: str) -> torch.nn.Module:
     """A 2-label classifier from a base checkpoint or a saved full model, with the given pooling."""
     source = str(source)

@@ -24,8 +24,9 @@ if TYPE_CHECKING:
     from ml.data import NoteLimits
 
 DATASETS_SUBDIR = "datasets"
-# Control characters and unpaired surrogates: dropped from a file name.
-_UNPRINTABLE = frozenset({"Cc", "Cs"})
+# Control characters, unpaired surrogates and invisible format characters (bidi overrides that make
+# "report\u202evsc.exe" read as "reportexe.csv", zero-width spaces): dropped from a file name.
+_UNPRINTABLE = frozenset({"Cc", "Cs", "Cf"})
 
 
 def register_dataset(

@@ -68,6 +68,7 @@ def create_finetune_job(
     dataset = dataset_for_job(session, spec.train_dataset_id, organisation_id=organisation_id)
     config, base_model = resolve_run_config(session, settings, spec, organisation_id)
     _check_trainable(dataset.summary, config.min_rows)
+    _check_for_base(config, base_model)
 
     job = add_queued_job(
         session,
@@ -120,6 +121,14 @@ def given_hyperparameters(config: Any, requested: dict[str, Any]) -> dict[str, A
     may hold values PostgreSQL's JSONB refuses. Unset keys stay out, so the stage defaults apply."""
     validated = config.to_dict()
     return {key: validated[key] for key in requested if key in validated and key not in ("method", "stage")}
+
+
+def _check_for_base(config: Any, base_model: str) -> None:
+    """Settings that name parts of the model (target_modules) are checked against the base model
+    now, not in the worker after queueing."""
+    from ml.methods import method_for
+
+    method_for(config.method).check_for_base(config, base_model)
 
 
 def resolve_run_config(

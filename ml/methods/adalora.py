@@ -20,7 +20,7 @@ from peft import AdaLoraConfig, PeftConfig, PeftModel, TaskType, get_peft_model
 from ml.architectures import load_base_classifier
 from ml.config import ConfigError, TrainConfig, pooling_of
 from ml.methods.base import Method, MethodTraining
-from ml.methods.lora import ALL_LINEAR
+from ml.methods.lora import ALL_LINEAR, check_target_modules
 
 
 class AdaLoraMethod(Method):
@@ -36,6 +36,9 @@ class AdaLoraMethod(Method):
         1: {"lr": 2e-3, "lora_alpha": 192, "target_modules": ALL_LINEAR},
         2: {"lr": 1e-3, "lora_alpha": 192, "target_modules": ALL_LINEAR},
     }
+
+    def check_for_base(self, config: TrainConfig, base_model: str) -> None:
+        check_target_modules(config, base_model)
 
     def start(self, config: TrainConfig, base_model: str, total_steps: int) -> torch.nn.Module:
         tinit, tfinal, delta_t = schedule(config, total_steps)

@@ -52,6 +52,10 @@ class Method:
     # Served as an adapter beside others on one shared base (see ml.model_cache), or as a module alone.
     shares_serving_host: ClassVar[bool] = False
 
+    def check_for_base(self, config: TrainConfig, base_model: str) -> None:
+        """Refuse (ConfigError), before any work is queued, settings this method cannot apply to the
+        base model: by default there are none."""
+
     def start(self, config: TrainConfig, base_model: str, total_steps: int) -> torch.nn.Module:
         raise NotImplementedError
 

@@ -11,14 +11,31 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 
-from ml.architectures import load_base_classifier
-from ml.config import TrainConfig, pooling_of
+from ml.architectures import load_base_classifier, module_names
+from ml.config import ConfigError, TrainConfig, pooling_of
 from ml.methods.base import Method
 
 # Every linear layer of each encoder block (peft matches by suffix: "output.dense" is both the
 # attention output and the feed-forward output). On query and value alone, at 5e-4, the adapter moved
 # the validation AUC by +0.002 over its probe-fitted head in a run; on all of them at 1e-3, by +0.016.
 ALL_LINEAR = ["query", "key", "value", "intermediate.dense", "output.dense"]
+
+
+def check_target_modules(config: TrainConfig, base_model: str) -> None:
+    """Each `target_modules` entry must name some module of the base model, as PEFT matches it (the
+    whole name, or its last dotted parts); otherwise the job would fail in the worker, after queueing."""
+    names = module_names(base_model)
+    unknown = [
+        target
+        for target in config.target_modules
+        if not any(name == target or name.endswith("." + target) for name in names)
+    ]
+    if unknown:
+        raise ConfigError(
+            f"target_modules names modules the base model does not have: {', '.join(unknown)}",
+            code="unknown_target_modules",
+            details={"unknown": unknown, "default": ALL_LINEAR},
+        )
 
 
 class LoraMethod(Method):
@@ -28,6 +45,9 @@ class LoraMethod(Method):
         2: {"lr": 5e-4, "target_modules": ALL_LINEAR},
     }
     shares_serving_host = True
+
+    def check_for_base(self, config: TrainConfig, base_model: str) -> None:
+        check_target_modules(config, base_model)
 
     def start(self, config: TrainConfig, base_model: str, total_steps: int) -> torch.nn.Module:
         peft_config = LoraConfig(

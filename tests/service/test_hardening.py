@@ -40,6 +40,26 @@ def test_nan_and_infinity_in_a_json_body_are_422(client, keys, dataset_id):
         assert error_of(response)["code"] == "non_finite_number"
 
 
+@pytest.mark.parametrize("method", ["lora", "adalora"])
+def test_target_modules_the_base_model_lacks_are_refused_at_submit(client, keys, dataset_id, method):
+    before = client.get("/jobs", headers=bearer(keys["trainer"])).json()["count"]
+    hyperparameters = {**SMALL_JOB, "target_modules": ["query", "attention.no_such_layer"]}
+    body = {"train_dataset_id": dataset_id, "method": method, "hyperparameters": hyperparameters}
+    response = client.post("/jobs/finetune", json=body, headers=bearer(keys["trainer"]))
+    assert response.status_code == 422, response.text
+    error = error_of(response)
+    assert error["code"] == "unknown_target_modules"
+    assert error["details"]["unknown"] == ["attention.no_such_layer"]
+    assert client.get("/jobs", headers=bearer(keys["trainer"])).json()["count"] == before  # nothing queued
+
+
+def test_a_dataset_name_keeps_no_bidi_override_or_zero_width_character(client, keys):
+    name = "report\u202evsc.exe\u200b\u2066.csv"
+    response = upload(client, keys["trainer"], notes_csv(30, seed=331), name)
+    assert response.status_code in (200, 201), response.text
+    assert response.json()["name"] == "reportvsc.exe.csv"
+
+
 def test_nan_in_a_form_field_is_422(client, keys):
     response = client.post(
         "/jobs/finetune",
