@@ -94,6 +94,13 @@ def weights_sha256(directory: Path) -> str | None:
     return digest.hexdigest()
 
 
+def attempts_in(folder: Path) -> list[tuple[Path, str, int]]:
+    """The attempt directories (and their partial writes) in `folder`: (path, model id, attempt)."""
+    if not folder.is_dir():
+        return []
+    return [(path, *parsed) for path in folder.iterdir() if (parsed := parse_attempt(path.name))]
+
+
 def parse_attempt(name: str) -> tuple[str, int] | None:
     """(model id, attempt) of an attempt directory or of its partial write; None for other names."""
     match = _ATTEMPT_NAME.match(name)

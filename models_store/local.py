@@ -20,9 +20,9 @@ from models_store.layout import (
     ATTEMPTS_DIR,
     MANIFEST_NAME,
     TEMP_PREFIX,
+    attempts_in,
     check_model_id,
     fsync_directory,
-    parse_attempt,
 )
 
 # The folders of data files below the data directory.
@@ -152,15 +152,7 @@ class LocalStore(ArtifactStore):
         return not self.path_for(model_id).exists()
 
     def local_attempts(self) -> list[tuple[Path, str, int]]:
-        folder = self.root / ATTEMPTS_DIR
-        if not folder.is_dir():
-            return []
-        found = []
-        for path in folder.iterdir():
-            parsed = parse_attempt(path.name)
-            if parsed is not None:
-                found.append((path, *parsed))
-        return found
+        return attempts_in(self.root / ATTEMPTS_DIR)
 
     def model_keys(self) -> list[str]:
         if not self.root.is_dir():

@@ -36,7 +36,7 @@ from models_store.errors import (
     ObjectMissing,
     StoreUnavailable,
 )
-from models_store.layout import MANIFEST_NAME, check_model_id, parse_attempt
+from models_store.layout import MANIFEST_NAME, attempts_in, check_model_id
 from models_store.local import checked_key
 
 log = logging.getLogger("notetune.store")
@@ -271,15 +271,7 @@ class S3Store(ArtifactStore):
         return True
 
     def local_attempts(self) -> list[tuple[Path, str, int]]:
-        folder = self.work_dir / "attempts"
-        if not folder.is_dir():
-            return []
-        found = []
-        for path in folder.iterdir():
-            parsed = parse_attempt(path.name)
-            if parsed is not None:
-                found.append((path, *parsed))
-        return found
+        return attempts_in(self.work_dir / "attempts")
 
     def model_keys(self) -> list[str]:
         prefix = self._object(MODELS) + "/"

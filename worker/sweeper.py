@@ -36,10 +36,13 @@ class SweepResult:
     broker_messages: int = 0
     journalled_files: int = 0
     cached_copies: int = 0
+    # Reported, not removed: rows whose objects the store does not hold (a lost volume or bucket).
+    rows_without_objects: int = 0
     retained_datasets: int = 0
 
     def total(self) -> int:
-        return sum(vars(self).values())
+        """What was removed (the report of rows without objects is logged on its own)."""
+        return sum(value for name, value in vars(self).items() if name != "rows_without_objects")
 
 
 def sweep(runtime: WorkerRuntime) -> SweepResult:
@@ -53,6 +56,7 @@ def sweep(runtime: WorkerRuntime) -> SweepResult:
     result.orphan_models = sweep_orphan_models(runtime)
     result.partial_models = runtime.sweep_partial_models()
     result.data_files = sweep_data_files(runtime, settings.temp_max_age_s)
+    result.rows_without_objects = report_rows_without_objects(runtime)
     if settings.celery_broker_url.startswith("sqla+"):
         result.broker_messages = delete_delivered_messages(settings.celery_broker_url)
     if result.total():
@@ -116,6 +120,22 @@ def sweep_data_files(runtime: WorkerRuntime, older_than_s: float) -> int:
             runtime.store.delete_file(stored.key)
             removed += 1
     return removed
+
+
+def report_rows_without_objects(runtime: WorkerRuntime) -> int:
+    """Live rows that name objects the store does not hold: logged with their keys (ids, never
+    content) for the operator, since only a backup can bring them back. /predict answers 503 for
+    such a model, and a job that needs such a file fails naming it."""
+    with runtime.database.session() as session:
+        files = StoredFileRepository(session)
+        model_paths, data_paths = files.named_model_paths(), files.named_data_paths()
+    missing = sorted(model_paths - set(runtime.store.model_keys()))
+    missing += sorted(data_paths - {stored.key for stored in runtime.store.list_files()})
+    if missing:
+        log.warning(
+            "%d stored object(s) named by rows are missing from the store: %s", len(missing), missing[:20]
+        )
+    return len(missing)
 
 
 def delete_delivered_messages(broker_url: str) -> int:

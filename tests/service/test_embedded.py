@@ -40,25 +40,7 @@ class Output:
 
 
 def test_embedded_default_runs_a_job_without_postgres_or_redis(tmp_path, tiny_bert):
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if name not in ("DATABASE_URL", "CELERY_BROKER_URL") and not name.startswith("NOTETUNE_")
-    }
-    env.update(
-        NOTETUNE_DATA_DIR=str(tmp_path / "data"),
-        NOTETUNE_BASE_MODEL=tiny_bert,
-        NOTETUNE_HEARTBEAT_INTERVAL_S="0.5",
-        NOTETUNE_STALE_AFTER_S="4",
-        TOKENIZERS_PARALLELISM="false",
-    )
-    port = free_port()
-    command = [sys.executable, "-m", "cli.main", "serve", "--port", str(port)]
-    server = subprocess.Popen(
-        command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    output = Output(server.stdout)
-    base = f"http://127.0.0.1:{port}"
+    server, output, base = _start_serve(_embedded_env(tmp_path, tiny_bert))
     try:
         key = wait_until(output.admin_key, timeout=60, message="serve printed no admin key")
         assert any(f"{base}/docs" in line for line in output.lines)

@@ -9,7 +9,7 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from tests.service.helpers import attempt_dirs, registered_dataset, stored_file
+from tests.service.helpers import attempt_dirs, model_row_without_training, registered_dataset, stored_file
 from tests.service.test_reaper import new_job
 
 
@@ -104,3 +104,13 @@ def test_delivered_broker_messages_are_deleted(tmp_path):
         assert messages() == (1, 0)
     finally:
         engine.dispose()
+
+
+def test_rows_whose_objects_are_gone_are_reported(database, runtime, organisation_id, dataset_id, caplog):
+    from worker.sweeper import report_rows_without_objects
+
+    before = report_rows_without_objects(runtime)
+    _, model_id = model_row_without_training(database, organisation_id, dataset_id)
+    with caplog.at_level("WARNING", logger="notetune.worker.sweeper"):
+        assert report_rows_without_objects(runtime) == before + 1
+    assert model_id in caplog.text
