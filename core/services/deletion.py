@@ -30,6 +30,7 @@ from core.db.repositories import (
     ModelRepository,
     StoredFileRepository,
 )
+from core.db.session import checkpoint_sqlite
 from core.errors import Conflict, NotFound
 from core.services.jobs import request_cancel
 from core.settings import Settings
@@ -116,6 +117,7 @@ def _cancel(session: Session, jobs: list[Job]) -> list[str]:
 def commit_and_remove_files(session: Session, settings: Settings) -> None:
     """Commit the deletion, then remove the files it journalled (and any a crash left behind)."""
     session.commit()
+    checkpoint_sqlite(session)
     remove_pending_files(session, settings)
 
 

@@ -428,3 +428,47 @@ def test_a_deleted_models_job_forgets_the_name_it_was_given(client, database, se
     assert client.delete(f"/models/{model}", headers=hospital.headers()).status_code == 200
     shown = client.get(f"/jobs/{job_id}", headers=hospital.headers()).json()
     assert shown["name"] is None
+
+
+def test_an_embedded_deletion_leaves_no_copy_of_the_row_in_the_database_files(tmp_path):
+    """SQLite keeps a deleted row's text in free pages and in the write-ahead log unless told not to."""
+    from sqlalchemy import text
+
+    from core.db.base import new_id, utcnow
+    from core.db.migrations import upgrade
+    from core.db.models import Dataset
+    from core.db.session import Database
+    from core.services.auth import default_organisation
+    from core.services.deletion import commit_and_remove_files, delete_dataset
+    from core.settings import Settings
+
+    settings = Settings(data_dir=tmp_path / "data", database_url=None, broker_url=None)
+    settings.ensure_directories()
+    upgrade(settings)
+    database = Database(settings.sqlalchemy_url)
+    # Another process of the service (the worker) keeps the database open: SQLite then keeps the
+    # write-ahead log, and whatever pages it holds, after this process is done.
+    other_process = Database(settings.sqlalchemy_url)
+    name = "Mrs Canary-Example MRN 99887766.csv"
+    try:
+        with other_process.session() as session:
+            session.execute(text("SELECT 1"))
+        with database.transaction() as session:
+            organisation_id = default_organisation(session).id
+            dataset = Dataset(
+                id=new_id(), organisation_id=organisation_id, name=name, sha256="0" * 64,
+                path=f"datasets/{organisation_id}/x.csv", size_bytes=1, rows=1, class_counts={},
+                # Large enough to spill into overflow pages, which the deletion frees.
+                summary={"columns": [name] * 400}, created_at=utcnow(),
+            )  # fmt: skip
+            session.add(dataset)
+        with database.session() as session:
+            delete_dataset(session, dataset.id, organisation_id=organisation_id)
+            commit_and_remove_files(session, settings)
+        database.dispose()
+        files = sorted(settings.data_dir.glob("notetune.sqlite3*"))
+        assert len(files) > 1  # the database and its write-ahead log
+        assert [path.name for path in files if name.encode() in path.read_bytes()] == []
+    finally:
+        database.dispose()
+        other_process.dispose()
