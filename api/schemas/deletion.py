@@ -16,3 +16,11 @@ class DeletionRead(BaseModel):
     cancelled_jobs: list[str] = Field(
         description="Queued or running jobs cancelled because they read a deleted object"
     )
+    kept_models: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Models trained on a deleted dataset. They stay (results, not notes), but each stores a TF-IDF "
+            "baseline whose vocabulary holds word and character n-grams of those notes: delete them too "
+            "to remove every trace of the notes"
+        ),
+    )

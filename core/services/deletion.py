@@ -49,6 +49,9 @@ class Deletion:
     models: list[str] = field(default_factory=list)
     evaluations: list[str] = field(default_factory=list)
     cancelled_jobs: list[str] = field(default_factory=list)
+    # Models trained on a deleted dataset: they stay, and their stored TF-IDF baseline holds n-grams of
+    # its notes (ml/baseline.py), so the caller is told which they are.
+    kept_models: list[str] = field(default_factory=list)
 
 
 def delete_dataset(
@@ -66,6 +69,7 @@ def delete_dataset(
     if dataset.file_deleted_at is None:
         StoredFileRepository(session).journal(FileKind.data, [dataset.path], now)
     deletion.datasets = datasets.set_deleted([dataset.id], now)
+    deletion.kept_models = ModelRepository(session, organisation_id).trained_on(dataset.id)
     return deletion
 
 

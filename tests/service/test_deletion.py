@@ -214,7 +214,13 @@ def test_a_dataset_a_queued_job_reads_is_409_and_the_models_trained_on_it_stay(
 
     deleted = client.delete(f"/datasets/{dataset}?cascade=true", headers=hospital.headers())
     assert deleted.status_code == 200, deleted.text
-    assert deleted.json() == {"datasets": [dataset], "models": [], "evaluations": [], "cancelled_jobs": [job]}
+    assert deleted.json() == {
+        "datasets": [dataset],
+        "models": [],
+        "evaluations": [],
+        "cancelled_jobs": [job],
+        "kept_models": [model],  # named: its TF-IDF baseline holds n-grams of the deleted notes
+    }
     assert not file.exists() and not journal(database)
     assert client.get(f"/datasets/{dataset}", headers=hospital.headers()).status_code == 404
     # The model stays; its lineage shows the dataset's tombstone, not a dangling id.

@@ -35,6 +35,11 @@ class ModelRepository(OwnedRepository):
             current = parent
         return chain
 
+    def trained_on(self, dataset_id: str) -> list[str]:
+        """Live models whose own training notes were this dataset."""
+        query = self._owned(select(Model.id)).where(Model.train_dataset_id == dataset_id).order_by(Model.id)
+        return list(self.session.scalars(query).all())
+
     def descendants(self, model_ids: Sequence[str]) -> list[str]:
         """The live models fine-tuned from these, their children and so on, nearest first."""
         found: list[str] = []
