@@ -22,6 +22,7 @@ from core.db.models import Role
 from core.db.session import Database
 from core.errors import NotFound
 from core.queue import JobQueue
+from core.rate_limits import TokenBuckets
 from core.services.auth import Principal, authenticate, authorize
 from core.services.health import HealthProbe
 from core.settings import Settings
@@ -37,6 +38,7 @@ class ApiRuntime:
     predictor: Any  # ml.serving.MicroBatcher, imported lazily (torch); the only user of the models
     metrics: ServiceMetrics
     health: HealthProbe
+    predict_buckets: TokenBuckets
 
 
 def get_runtime(request: Request) -> ApiRuntime:
@@ -153,6 +155,16 @@ def pagination(default_limit: int):
 CascadeQuery = Annotated[
     bool,
     Query(description="Also delete the models fine-tuned from it and cancel the jobs that read it"),
+]
+
+DeleteModelsQuery = Annotated[
+    bool,
+    Query(
+        description=(
+            "Also delete every model learnt from the dataset's notes: those trained on it and the models "
+            "fine-tuned from them (their weights are statistics of the notes; no text of them is stored)"
+        )
+    ),
 ]
 
 PageDep = Annotated[PageQuery, Depends(pagination(default_limit=50))]

@@ -49,7 +49,7 @@ async def _user_error(_: Request, error: Exception) -> JSONResponse:
     headers = None
     if error.status_code == 401:
         headers = {"WWW-Authenticate": "Bearer"}
-    elif error.status_code == 503:
+    elif error.status_code in (429, 503):
         headers = {"Retry-After": str(getattr(error, "retry_after_s", 5))}
     # A base model's server path (the packaged MiniLM's, inside the virtual environment) stays here.
     message, details = public_base_model(error.message), without_server_paths(error.details)

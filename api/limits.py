@@ -19,6 +19,7 @@ from api.errors import error_response
 from core.db.models import Role
 from core.errors import PayloadTooLarge, ServiceUnavailable, Unauthorized
 from core.services.auth import Principal, authenticate, authorize
+from core.services.datasets import check_storage_room
 from core.settings import Settings
 from ml.errors import UserError
 
@@ -33,6 +34,8 @@ API_PREFIXES = ("/datasets", "/jobs", "/models", "/evaluations", "/predict", "/k
 # The web pages: a body (a form) is read only from a signed-in session, except the sign-in form itself.
 PAGES_PREFIX = "/ui"
 PAGES_OPEN_FORMS = ("/ui/sign-in", "/ui/language")
+# The page session cookie's field that holds a signed-in browser's session token (api/ui/security.py).
+SESSION_TOKEN_FIELD = "sid"
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,7 @@ class BodyRule:
     needs_key: bool
     role: Role | None = None  # checked before the body too, where the route is known
     needs_session: bool = False  # a page form: the signed session must name a key (checked again later)
+    stores_upload: bool = False  # a notes file: it must fit the organisation's share of the store
 
 
 def body_rule(settings: Settings, method: str, path: str, multipart: bool) -> BodyRule:
@@ -53,9 +57,11 @@ def body_rule(settings: Settings, method: str, path: str, multipart: bool) -> Bo
         if route == "/predict":
             return BodyRule(settings.predict_body_limit, True, Role.predictor)
         if route == "/datasets":
-            return BodyRule(upload_limit, True, Role.trainer)
+            return BodyRule(upload_limit, True, Role.trainer, stores_upload=True)
         if route in ("/jobs/finetune", "/jobs/evaluate"):
-            return BodyRule(upload_limit if multipart else json_limit, True, Role.trainer)
+            return BodyRule(
+                upload_limit if multipart else json_limit, True, Role.trainer, stores_upload=multipart
+            )
         if route == "/keys":
             return BodyRule(json_limit, True, Role.admin)
     route = path.rstrip("/")
@@ -119,9 +125,18 @@ class RequestBodyGuard:
         plaintext = token.strip() if scheme.lower() == "bearer" else None
         database = scope["app"].state.runtime.database
 
+        settings, declared = self.settings, declared_length(headers)
+
         def look_up() -> Principal:
             with database.transaction() as session:
-                return authenticate(session, plaintext)
+                principal = authenticate(session, plaintext)
+                if rule.role is not None:
+                    principal = authorize(principal, rule.role)
+                if rule.stores_upload and declared is not None:
+                    # Refused before the body is read; the upload is checked again on its real size.
+                    file_bytes = max(0, declared - FORM_OVERHEAD_BYTES)
+                    check_storage_room(session, settings, principal.organisation_id, file_bytes)
+                return principal
 
         try:
             principal = await to_thread.run_sync(look_up)
@@ -129,13 +144,14 @@ class RequestBodyGuard:
             raise
         except Exception:
             raise KeyCheckUnavailable("the API key cannot be checked now; retry later") from None
-        return authorize(principal, rule.role) if rule.role is not None else principal
+        return principal
 
 
 def _signed_in(scope: Scope) -> bool:
-    """The signed session cookie (decoded by the session middleware, outside this one) names a key."""
+    """The signed session cookie (decoded by the session middleware, outside this one) holds a session
+    token (checked against its row by the page's dependency)."""
     session = scope.get("session")
-    return isinstance(session, dict) and isinstance(session.get("key_id"), str)
+    return isinstance(session, dict) and isinstance(session.get(SESSION_TOKEN_FIELD), str)
 
 
 class CountedBody:

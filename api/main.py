@@ -11,6 +11,7 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
+from api.auth_throttle import AuthThrottle
 from api.deps import ApiRuntime
 from api.errors import install_error_handlers
 from api.health_port import HealthPort
@@ -23,6 +24,7 @@ from api.ui import STATIC_DIR, install_ui
 from core.db.session import Database
 from core.periodic import Periodically
 from core.queue import JobQueue
+from core.rate_limits import FailureWindows, TokenBuckets
 from core.services.deletion import forget_erased_copies, remove_pending_files
 from core.services.health import HealthProbe
 from core.services.metrics import job_statistics
@@ -45,6 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
 
     metrics = ServiceMetrics()
+    auth_failures = FailureWindows(settings.auth_failures_per_minute)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -56,7 +59,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.add_collector(ServingCollector(predictor.queued_notes, predictor.loaded_models))
         metrics.add_collector(JobCollector(lambda: job_statistics(database)))
         probe = HealthProbe(lambda: run_checks(database, queue, settings), settings.health_interval_s)
-        app.state.runtime = ApiRuntime(settings, database, queue, predictor, metrics, probe.start())
+        predict_buckets = TokenBuckets(
+            settings.predict_notes_per_second_per_key, settings.predict_burst_notes_per_key
+        )
+        app.state.runtime = ApiRuntime(
+            settings, database, queue, predictor, metrics, probe.start(), predict_buckets
+        )
         # Copies of objects this API host fetched from a shared store go once they are deleted elsewhere.
         erased_copies = Periodically(
             "removing copies of deleted objects",
@@ -93,6 +101,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(RequestTimer, metrics=metrics)
     app.add_middleware(RequestBodyGuard, settings=settings)
+    # Added last, so outermost: it sees every 401, the body guard's too.
+    app.add_middleware(AuthThrottle, failures=auth_failures, metrics=metrics)
     for module in (datasets, jobs, models, predict, evaluations, keys, system, metrics_routes):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
@@ -154,6 +164,7 @@ def start_predictor(settings: Settings, metrics: ServiceMetrics):
         max_batch_tokens=settings.predict_max_batch_tokens,
         max_wait_ms=settings.predict_max_wait_ms,
         max_queued_notes=settings.predict_max_queued_notes,
+        max_queued_notes_per_tenant=settings.predict_max_queued_notes_per_organisation,
     )
     cache = ModelCache(max_models=settings.model_cache_size)
     return MicroBatcher(cache, options, BatchStats(on_batch=metrics.observe_batch)).start()

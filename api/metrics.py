@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, SummaryMetricFamily
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -35,6 +35,23 @@ class ServiceMetrics:
             "notetune_batch_notes",
             "Notes scored in one forward pass group formed by the micro-batcher.",
             buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+
+        self.auth_failures = Counter(
+            "notetune_auth_failures",
+            "Requests answered 401: a missing, wrong or revoked key, or a failed sign-in.",
+            registry=self.registry,
+        )
+        self.auth_throttled = Counter(
+            "notetune_auth_throttled",
+            "Requests refused with 429 because their address failed to authenticate too often.",
+            registry=self.registry,
+        )
+        self.rate_limited = Counter(
+            "notetune_rate_limited",
+            "Requests refused with 429 by a per-key or per-organisation limit, by limit.",
+            ("limit",),
             registry=self.registry,
         )
 

@@ -78,6 +78,18 @@ class PredictionsBusy(ServiceUnavailable):
         self.retry_after_s = retry_after_s
 
 
+class TooManyRequests(ServiceError):
+    """This caller (a key, an organisation, an address) is over one of its limits; others are not
+    affected. The caller may retry after `retry_after_s`."""
+
+    status_code = 429
+    code = "too_many_requests"
+
+    def __init__(self, message: str, *, code: str, retry_after_s: int, limit: dict) -> None:
+        super().__init__(message, code=code, details={"retry_after_s": retry_after_s, "limit": limit})
+        self.retry_after_s = retry_after_s
+
+
 class QueueUnavailable(ServiceUnavailable):
     code = "queue_unavailable"
 

@@ -107,6 +107,21 @@ class Settings(BaseSettings):
     predict_max_wait_ms: float = Field(default=5.0, ge=0, le=1000)
     predict_max_queued_notes: int = Field(default=1024, ge=1)
 
+    # Sharing between organisations (docs/limits.md). One organisation may hold this many notes of the
+    # prediction queue (its share; over it, 429), and the queue serves organisations in turn.
+    predict_max_queued_notes_per_organisation: int = Field(default=256, ge=1)
+    # Each API key may score this many notes a second on average, in bursts of up to the burst size
+    # (a token bucket per key and API process; 0 turns it off). Over it: 429 with Retry-After.
+    predict_notes_per_second_per_key: float = Field(default=100.0, ge=0)
+    predict_burst_notes_per_key: int = Field(default=256, ge=1)
+    # Jobs an organisation may have queued or running at once; one more is a 429.
+    max_active_jobs_per_organisation: int = Field(default=20, ge=1)
+    # Bytes of notes files an organisation may keep (its live datasets); an upload past it is a 413.
+    max_stored_bytes_per_organisation: int = Field(default=10 * 1024**3, ge=1024)
+    # Failed authentications (wrong or revoked key, failed sign-in) one client address may make in a
+    # minute; past it, its requests that carry a key or sign in get 429 until the minute is over.
+    auth_failures_per_minute: int = Field(default=20, ge=1)
+
     @model_validator(mode="after")
     def _limits_are_consistent(self) -> Settings:
         if self.store_url is not None and not self.store_url.startswith("s3://"):

@@ -12,6 +12,11 @@ Trade-offs of the options: a longer wait and larger batches raise throughput und
 latency at low load (a lone request waits at most `max_wait_ms`); the token budget bounds the memory
 of one pass; the queue bound turns overload into a prompt "busy, retry" instead of a growing backlog.
 With `enabled=False` each job runs alone, as soon as the thread is free (one forward per request).
+
+Sharing between tenants (organisations): each has a queue of its own, the inference thread takes
+their jobs in turn (round robin), and one tenant may hold at most `max_queued_notes_per_tenant`
+notes in the queues. So a tenant that floods the service is told to slow down (TenantBusy) while
+another tenant's request waits for at most one of the flood's jobs per batch, not for all of them.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ class BatchingOptions:
     max_batch_tokens: int = 16_384
     max_wait_ms: float = 5.0
     max_queued_notes: int = 1024
+    max_queued_notes_per_tenant: int = 256
 
 
 class ServingBusy(Exception):
@@ -48,6 +54,16 @@ class ServingBusy(Exception):
     def __init__(self, retry_after_s: int) -> None:
         super().__init__(f"the prediction queue is full; retry after {retry_after_s} s")
         self.retry_after_s = retry_after_s
+
+
+class TenantBusy(ServingBusy):
+    """This tenant already holds its share of the queue; others may still be admitted."""
+
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__(retry_after_s)
+        self.args = (
+            f"this organisation's share of the prediction queue is full; retry after {retry_after_s} s",
+        )
 
 
 @dataclass(frozen=True)
@@ -64,6 +80,7 @@ class _Job:
     texts: list[str]
     future: Future
     request: int  # jobs of one submit() share it
+    tenant: str = ""
     queued_at: float = field(default_factory=time.monotonic)
     route: Route | None = None
     token_ids: list[list[int]] | None = None
@@ -95,7 +112,9 @@ class MicroBatcher:
         self.cache = cache
         self.options = options
         self.stats = stats or BatchStats()
-        self._jobs: deque[_Job] = deque()
+        # Each tenant's waiting jobs, the tenant whose turn it is first (see _pop_next).
+        self._queues: dict[str, deque[_Job]] = {}
+        self._queued_by_tenant: dict[str, int] = {}
         self._calls: deque[tuple[Callable[[ModelCache], Any], Future]] = deque()
         self._queued_notes = 0
         self._condition = threading.Condition()
@@ -119,23 +138,30 @@ class MicroBatcher:
             self._condition.notify_all()
         self._thread.join(timeout=timeout_s)
         with self._condition:
-            while self._jobs:
-                self._jobs.popleft().future.set_exception(ServingBusy(1))
+            for queue in self._queues.values():
+                while queue:
+                    queue.popleft().future.set_exception(ServingBusy(1))
+            self._queues.clear()
+            self._queued_by_tenant.clear()
             while self._calls:
                 self._calls.popleft()[1].set_exception(ServingBusy(1))
             self._queued_notes = 0
 
-    def submit(self, models: list[ModelRequest], texts: list[str]) -> list[Future]:
+    def submit(self, models: list[ModelRequest], texts: list[str], tenant: str = "") -> list[Future]:
         """Queue `texts` once per model; all or nothing, so a request is never half admitted."""
         needed = len(texts) * len(models)
         with self._condition:
             if self._stopping:
-                raise ServingBusy(self._retry_after_s())
+                raise ServingBusy(self._retry_after_s(self._queued_notes))
+            held = self._queued_by_tenant.get(tenant, 0)
+            if held + needed > self.options.max_queued_notes_per_tenant and held > 0:
+                raise TenantBusy(self._retry_after_s(held))
             if self._queued_notes + needed > self.options.max_queued_notes and self._queued_notes > 0:
-                raise ServingBusy(self._retry_after_s())
+                raise ServingBusy(self._retry_after_s(self._queued_notes))
             self._submitted += 1
-            jobs = [_Job(model, texts, Future(), self._submitted) for model in models]
-            self._jobs.extend(jobs)
+            jobs = [_Job(model, texts, Future(), self._submitted, tenant) for model in models]
+            self._queues.setdefault(tenant, deque()).extend(jobs)
+            self._queued_by_tenant[tenant] = held + needed
             self._queued_notes += needed
             self._condition.notify()
         return [job.future for job in jobs]
@@ -145,7 +171,7 @@ class MicroBatcher:
         future: Future = Future()
         with self._condition:
             if self._stopping:
-                raise ServingBusy(self._retry_after_s())
+                raise ServingBusy(self._retry_after_s(self._queued_notes))
             self._calls.append((function, future))
             self._condition.notify()
         return future
@@ -157,8 +183,8 @@ class MicroBatcher:
         """Ids of the fine-tuned models loaded, as of the last batch."""
         return self._loaded
 
-    def _retry_after_s(self) -> int:
-        return max(1, round(self._queued_notes * self._seconds_per_note))
+    def _retry_after_s(self, notes: int) -> int:
+        return max(1, round(notes * self._seconds_per_note))
 
     # --- the inference thread --------------------------------------------------------------------
 
@@ -173,7 +199,7 @@ class MicroBatcher:
             started = time.monotonic()
             self._run(batch)
             self._loaded = frozenset(self.cache.loaded_model_ids())
-            self._overlapping = len({job.request for job in batch}) > 1 or bool(self._jobs)
+            self._overlapping = len({job.request for job in batch}) > 1 or bool(self._queues)
             notes = sum(len(job.texts) for job in batch)
             elapsed = time.monotonic() - started
             self._seconds_per_note = 0.8 * self._seconds_per_note + 0.2 * elapsed / max(1, notes)
@@ -195,7 +221,7 @@ class MicroBatcher:
 
     def _next_job(self, deadline: float | None) -> _Job | None:
         with self._condition:
-            while not self._jobs:
+            while not self._queues:
                 if self._stopping or (self._calls and deadline is None):
                     return None
                 if deadline is None:
@@ -204,9 +230,23 @@ class MicroBatcher:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not self._condition.wait(timeout=remaining):
                     return None
-            job = self._jobs.popleft()
-            self._queued_notes -= len(job.texts)
-            return job
+            return self._pop_next()
+
+    def _pop_next(self) -> _Job:
+        """The first job of the tenant whose turn it is; that tenant then goes to the back of the line
+        (a tenant with nothing left waiting leaves it). Called with the condition held."""
+        tenant = next(iter(self._queues))
+        queue = self._queues.pop(tenant)
+        job = queue.popleft()
+        if queue:
+            self._queues[tenant] = queue
+        self._queued_notes -= len(job.texts)
+        left = self._queued_by_tenant[tenant] - len(job.texts)
+        if left > 0:
+            self._queued_by_tenant[tenant] = left
+        else:
+            self._queued_by_tenant.pop(tenant, None)
+        return job
 
     def _full(self, notes: int, tokens: int) -> bool:
         if not self.options.enabled:

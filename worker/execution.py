@@ -19,7 +19,7 @@ from collections.abc import Callable
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import DBAPIError
 
-from core.db.models import Job
+from core.db.models import Job, JobKind
 from core.services import orchestration, runs
 from core.services.jobs import progress_record
 from ml.errors import Cancelled, UserError
@@ -154,15 +154,36 @@ class RunWatcher:
         )
 
 
+def take_turn(runtime: WorkerRuntime, job_id: str, worker: str) -> None:
+    """What a job's message does: claim the queued job whose organisation's turn it is (that one or
+    another, runs.claim_fairest) and run it."""
+    with runtime.database.transaction() as session:
+        job = runs.claim_fairest(session, worker)
+    if job is None:
+        log.info("message for job %s: no job is queued (already taken, finished or cancelled)", job_id)
+        return
+    if job.id != job_id:
+        log.info("message for job %s: job %s has the turn", job_id, job.id)
+    run_claimed(runtime, job, worker, BODIES[job.kind])
+
+
 def run_job(
     runtime: WorkerRuntime, job_id: str, worker: str, body: Callable[[WorkerRuntime, Job], None]
 ) -> None:
-    """Claim the job, run `body` under a heartbeat, and turn any exception into a recorded outcome."""
+    """Claim this one job (when it is still queued) and run `body` for it."""
     with runtime.database.transaction() as session:
         job = runs.claim(session, job_id, worker)
     if job is None:
         log.info("job %s is not queued (already taken, finished or cancelled): nothing to do", job_id)
         return
+    run_claimed(runtime, job, worker, body)
+
+
+def run_claimed(
+    runtime: WorkerRuntime, job: Job, worker: str, body: Callable[[WorkerRuntime, Job], None]
+) -> None:
+    """Run `body` under a heartbeat and turn any exception into a recorded outcome."""
+    job_id = job.id
     attempt = job.attempt
     log.info("job %s attempt %d started on %s", job_id, attempt, worker)
     with JobHeartbeat(runtime, job_id, attempt):
@@ -196,3 +217,9 @@ def finetune_body(runtime: WorkerRuntime, job: Job) -> None:
 
 def evaluation_body(runtime: WorkerRuntime, job: Job) -> None:
     orchestration.run_evaluation(runtime, job, RunWatcher(runtime, job.id, job.attempt))
+
+
+BODIES: dict[JobKind, Callable[[WorkerRuntime, Job], None]] = {
+    JobKind.finetune: finetune_body,
+    JobKind.evaluate: evaluation_body,
+}

@@ -5,7 +5,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Response, UploadFile, status
 
-from api.deps import CascadeQuery, DatasetId, PageDep, SessionDep, SettingsDep, TrainerDep
+from api.deps import CascadeQuery, DatasetId, DeleteModelsQuery, PageDep, SessionDep, SettingsDep, TrainerDep
 from api.forms import read_upload
 from api.schemas.common import ListResponse, Text, responses
 from api.schemas.datasets import DatasetRead
@@ -79,10 +79,16 @@ def delete_dataset(
     settings: SettingsDep,
     principal: TrainerDep,
     cascade: CascadeQuery = False,
+    delete_models: DeleteModelsQuery = False,
 ) -> DeletionRead:
-    """Delete a dataset and its notes file; models and evaluations made from it stay."""
+    """Delete a dataset and its notes file. The models learnt from its notes stay unless
+    `delete_models=true` and are named in `kept_models`; evaluations made with it stay."""
     deletion = deletion_service.delete_dataset(
-        session, dataset_id, organisation_id=principal.organisation_id, cascade=cascade
+        session,
+        dataset_id,
+        organisation_id=principal.organisation_id,
+        cascade=cascade,
+        delete_models=delete_models,
     )
     deletion_service.commit_and_remove_files(session, settings)
     log.info("dataset %s deleted (cancelled jobs: %d)", dataset_id, len(deletion.cancelled_jobs))

@@ -28,5 +28,6 @@ async def predict_notes(body: PredictRequest, runtime: RuntimeDep, principal: Br
         runtime.predictor,
         spec,
         api_key_id=principal.key_id,
+        rate=runtime.predict_buckets,
         explain=body.explain,
     )

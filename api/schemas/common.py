@@ -83,6 +83,13 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "Missing or invalid API key"},
     403: {"model": ErrorBody, "description": "The key's role does not allow this"},
     422: {"model": ErrorBody, "description": "The request is not valid"},
+    429: {
+        "model": ErrorBody,
+        "description": (
+            "Over a limit of this caller (its key's prediction rate, its organisation's jobs or share of "
+            "the prediction queue, its address's failed authentications); Retry-After says when to retry"
+        ),
+    },
 }
 
 

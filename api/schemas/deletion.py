@@ -19,8 +19,9 @@ class DeletionRead(BaseModel):
     kept_models: list[str] = Field(
         default_factory=list,
         description=(
-            "Models trained on a deleted dataset. They stay (results, not notes), but each stores a TF-IDF "
-            "baseline whose vocabulary holds word and character n-grams of those notes: delete them too "
-            "to remove every trace of the notes"
+            "Models learnt from a deleted dataset's notes (trained on it, and the models fine-tuned from "
+            "those) that stay because delete_models was not asked for. Their weights are statistics of "
+            "the notes; no text of the notes is stored in them, except in a TF-IDF baseline saved before "
+            "format 2 (its vocabulary holds n-grams of the notes): delete_models=true removes them all"
         ),
     )

@@ -1,9 +1,10 @@
 """Signing in to the pages: a server-side session in a signed cookie, CSRF tokens, roles.
 
 The cookie (Starlette's SessionMiddleware: signed with itsdangerous, HttpOnly, SameSite=Strict, an
-expiry, Secure when configured, path /ui) holds the id of the API key that signed in, a CSRF token
-and the chosen language: never the key itself. The key row is read again on every request
-(core.services.ui_sessions), so a revoked key loses its pages at once.
+expiry, Secure when configured, path /ui) holds a session token, a CSRF token and the chosen
+language: never the key itself. The session's row and its key are read again on every request
+(core.services.ui_sessions), so signing out or revoking the key ends the session at once, for every
+copy of the cookie.
 """
 
 from __future__ import annotations
@@ -13,14 +14,16 @@ import secrets
 from typing import Annotated
 
 from fastapi import Depends, Request
+from sqlalchemy.orm import Session
 from starlette.middleware.sessions import SessionMiddleware
 
 from api.deps import RuntimeDep, SessionDep, require
+from api.limits import SESSION_TOKEN_FIELD
 from api.ui.i18n import N_
 from core.db.models import Role
 from core.errors import Forbidden
+from core.services import ui_sessions
 from core.services.auth import Principal
-from core.services.ui_sessions import principal_for_key_id
 from core.settings import Settings
 
 COOKIE_NAME = "notetune_ui"
@@ -60,16 +63,22 @@ def csrf_token(request: Request) -> str:
     return token
 
 
-def start_session(request: Request, principal: Principal) -> None:
+def start_session(request: Request, principal: Principal, session: Session, settings: Settings) -> None:
     """A fresh session for the key that signed in (a token planted before sign-in is not kept)."""
+    token = ui_sessions.open_session(session, principal, settings.ui_session_max_age_s)
+    session.commit()
     language = request.session.get("lang")
     request.session.clear()
-    request.session.update({"key_id": principal.key_id, "csrf": secrets.token_urlsafe(32)})
+    request.session.update({SESSION_TOKEN_FIELD: token, "csrf": secrets.token_urlsafe(32)})
     if language:
         request.session["lang"] = language
 
 
-def end_session(request: Request) -> None:
+def end_session(request: Request, session: Session) -> None:
+    token = request.session.get(SESSION_TOKEN_FIELD)
+    if isinstance(token, str):
+        ui_sessions.end_session(session, token)
+        session.commit()
     language = request.session.get("lang")
     request.session.clear()
     if language:
@@ -95,22 +104,23 @@ async def check_csrf(request: Request) -> None:
 
 
 def signed_in(request: Request, session: SessionDep) -> Principal:
-    key_id = request.session.get("key_id")
-    return _checked(request, principal_for_key_id(session, key_id) if isinstance(key_id, str) else None)
+    token = request.session.get(SESSION_TOKEN_FIELD)
+    principal = ui_sessions.principal_for_session(session, token) if isinstance(token, str) else None
+    return _checked(request, principal)
 
 
 def signed_in_briefly(request: Request, runtime: RuntimeDep) -> Principal:
     """For a page that waits a while (predict): the key check returns its connection at once."""
-    key_id = request.session.get("key_id")
-    if not isinstance(key_id, str):
+    token = request.session.get(SESSION_TOKEN_FIELD)
+    if not isinstance(token, str):
         return _checked(request, None)
     with runtime.database.transaction() as session:
-        return _checked(request, principal_for_key_id(session, key_id))
+        return _checked(request, ui_sessions.principal_for_session(session, token))
 
 
 def _checked(request: Request, principal: Principal | None) -> Principal:
     if principal is None:
-        request.session.pop("key_id", None)
+        request.session.pop(SESSION_TOKEN_FIELD, None)
         raise SignInRequired
     request.state.principal = principal
     return principal

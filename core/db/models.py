@@ -83,6 +83,18 @@ class ApiKey(IdMixin, CreatedAtMixin, Base):
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
+class UiSession(CreatedAtMixin, Base):
+    """A signed-in browser: the cookie holds a random token, this row its SHA-256. Signing out ends
+    the row, so a copy of the cookie taken before is worth nothing."""
+
+    __tablename__ = "ui_sessions"
+
+    token_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(32), ForeignKey("api_keys.id"), nullable=False, index=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
 class Dataset(IdMixin, CreatedAtMixin, Base):
     """A deleted dataset stays as a tombstone (`deleted_at`, its content columns cleared) so the jobs,
     models and evaluations that name it keep a valid reference; its file goes (pending_file_deletions).

@@ -42,6 +42,7 @@ def register_dataset(
     existing = repository.by_sha256(sha256)
     if existing is not None:
         return existing, False
+    check_storage_room(session, settings, organisation_id, len(content))
     _, summary = inspect_csv(
         content,
         max_length=token_limit(settings),
@@ -86,6 +87,29 @@ def check_upload_size(size: int, limit: int) -> None:
     if size > limit:
         raise PayloadTooLarge(
             f"the file is larger than the upload limit of {limit} bytes", details={"limit_bytes": limit}
+        )
+
+
+class StorageFull(PayloadTooLarge):
+    code = "organisation_storage_full"
+
+
+def check_storage_room(
+    session: Session, settings: Settings, organisation_id: str, incoming_bytes: int
+) -> None:
+    """The organisation's notes files and this upload must fit its share of the store (413 if not)."""
+    used = DatasetRepository(session, organisation_id).stored_bytes()
+    limit = settings.max_stored_bytes_per_organisation
+    if used + incoming_bytes > limit:
+        raise StorageFull(
+            f"this organisation keeps {used} bytes of notes files and may keep {limit}: this upload of "
+            f"{incoming_bytes} bytes does not fit; delete datasets it no longer needs",
+            details={
+                "limit_bytes": limit,
+                "used_bytes": used,
+                "upload_bytes": incoming_bytes,
+                "setting": "NOTETUNE_MAX_STORED_BYTES_PER_ORGANISATION",
+            },
         )
 
 

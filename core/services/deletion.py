@@ -10,8 +10,11 @@ left that neither a row nor the journal accounts for.
 What a deletion refuses (409, naming the caller's own objects only), unless `cascade`:
 - a model that other models were fine-tuned from: with cascade, they go too (all descendants);
 - a dataset or model that a queued or running job reads: with cascade, the jobs are cancelled.
-Models trained on a deleted dataset, and evaluations that used a deleted dataset or model, stay:
-they are results, not notes, and name the tombstone.
+Models learnt from a deleted dataset's notes (trained on it, and the models fine-tuned from those)
+stay unless the caller asks for them to go (`delete_models`): their weights are statistics of the
+notes, and since baseline format 2 nothing in a model directory is text of them (ml/baseline.py).
+Either way the deletion names them. Evaluations that used a deleted dataset or model stay: they are
+results, not notes, and name the tombstone.
 """
 
 from __future__ import annotations
@@ -49,27 +52,41 @@ class Deletion:
     models: list[str] = field(default_factory=list)
     evaluations: list[str] = field(default_factory=list)
     cancelled_jobs: list[str] = field(default_factory=list)
-    # Models trained on a deleted dataset: they stay, and their stored TF-IDF baseline holds n-grams of
-    # its notes (ml/baseline.py), so the caller is told which they are.
+    # Models learnt from a deleted dataset's notes that were not deleted with it: the caller is told.
     kept_models: list[str] = field(default_factory=list)
+
+    def add(self, other: Deletion) -> None:
+        self.models += [model for model in other.models if model not in self.models]
+        self.cancelled_jobs += [job for job in other.cancelled_jobs if job not in self.cancelled_jobs]
 
 
 def delete_dataset(
-    session: Session, dataset_id: str, *, organisation_id: str, cascade: bool = False
+    session: Session,
+    dataset_id: str,
+    *,
+    organisation_id: str,
+    cascade: bool = False,
+    delete_models: bool = False,
 ) -> Deletion:
     datasets = DatasetRepository(session, organisation_id)
     dataset = datasets.get_for_update(dataset_id)
     if dataset is None:
         raise NotFound.for_id("dataset", dataset_id)
-    readers = JobRepository(session, organisation_id).active_reading(dataset_ids=[dataset.id])
+    models = ModelRepository(session, organisation_id)
+    learnt = models.learnt_from(dataset.id)
+    jobs = JobRepository(session, organisation_id)
+    readers = jobs.active_reading(dataset_ids=[dataset.id], model_ids=learnt if delete_models else [])
     if readers and not cascade:
-        raise _in_use("dataset", "queued or running jobs read it", jobs=readers)
+        raise _in_use("dataset", "queued or running jobs read it or the models to delete", jobs=readers)
     deletion = Deletion(cancelled_jobs=_cancel(session, readers))
     now = utcnow()
     if dataset.file_deleted_at is None:
         StoredFileRepository(session).journal(FileKind.data, [dataset.path], now)
     deletion.datasets = datasets.set_deleted([dataset.id], now)
-    deletion.kept_models = ModelRepository(session, organisation_id).trained_on(dataset.id)
+    for model_id in models.trained_on(dataset.id) if delete_models else []:
+        if model_id not in deletion.models:  # already gone as a descendant of another
+            deletion.add(delete_model(session, model_id, organisation_id=organisation_id, cascade=True))
+    deletion.kept_models = [model for model in learnt if model not in deletion.models]
     return deletion
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,8 @@ from core.db.base import utcnow
 from core.db.models import Model, PredictionAudit
 from core.db.repositories import PredictionAuditRepository
 from core.db.session import Database
-from core.errors import InvalidRequest, ModelUnavailable, PredictionsBusy
+from core.errors import InvalidRequest, ModelUnavailable, PredictionsBusy, TooManyRequests
+from core.rate_limits import TokenBuckets
 from core.services.audit import note_digest
 from core.services.datasets import check_predict_sentences
 from core.services.models import get_model, model_directory
@@ -172,14 +174,17 @@ async def predict(
     *,
     api_key_id: str | None,
     explain: bool = False,
+    rate: TokenBuckets | None = None,
 ) -> dict[str, Any]:
     """Plan in one short transaction, wait for the batcher with no database connection held (so a
     flood of predictions cannot drain the pool), then write the audit rows in a second one.
 
     With `explain`, each prediction also carries its sentences' shares of the model's score (None for
     a model that does not pool by sentence). The audit keeps the outputs without them."""
+    if rate is not None and api_key_id is not None:
+        check_key_rate(rate, settings, api_key_id, spec)
     plan = await to_thread.run_sync(_planned, database, settings, spec)
-    scored = await _scored(predictor, plan)
+    scored = await _scored(predictor, plan, settings)
     result = assemble(plan, scored)
     await to_thread.run_sync(_audited, database, settings, plan, result, api_key_id)
     if explain:
@@ -189,6 +194,24 @@ async def predict(
             prediction["explanation"] = explanation
     log.info("predicted %d note(s) with model %s", len(plan.texts), plan.model_id)
     return result
+
+
+def check_key_rate(rate: TokenBuckets, settings: Settings, api_key_id: str, spec: PredictSpec) -> None:
+    """The key's token bucket pays for every note it asks to score, once per model (429 when empty)."""
+    notes = len(spec.texts) * (1 + len(dict.fromkeys(spec.compare_with)))
+    wait_s = rate.take(api_key_id, notes)
+    if wait_s:
+        raise TooManyRequests(
+            f"this API key may score {settings.predict_notes_per_second_per_key:g} notes a second "
+            f"(bursts of {settings.predict_burst_notes_per_key}); retry after {math.ceil(wait_s)} s",
+            code="key_rate_limited",
+            retry_after_s=math.ceil(wait_s),
+            limit={
+                "setting": "NOTETUNE_PREDICT_NOTES_PER_SECOND_PER_KEY",
+                "notes_per_second": settings.predict_notes_per_second_per_key,
+                "burst_notes": settings.predict_burst_notes_per_key,
+            },
+        )
 
 
 def _planned(database: Database, settings: Settings, spec: PredictSpec) -> PredictionPlan:
@@ -226,13 +249,22 @@ async def _explained(predictor: Any, plan: PredictionPlan) -> list[dict[str, Any
     return list(await asyncio.gather(*(explanation(text) for text in plan.texts)))
 
 
-async def _scored(predictor: Any, plan: PredictionPlan) -> dict[str, Any]:
-    from ml.serving import ModelRequest, ServingBusy
+async def _scored(predictor: Any, plan: PredictionPlan, settings: Settings) -> dict[str, Any]:
+    from ml.serving import ModelRequest, ServingBusy, TenantBusy
     from models_store.errors import ModelNotFound
 
     requests = [ModelRequest(target.model_dir, target.base_model) for target in plan.targets.values()]
     try:
-        futures = predictor.submit(requests, plan.texts)
+        futures = predictor.submit(requests, plan.texts, tenant=plan.organisation_id)
+    except TenantBusy as busy:
+        limit = settings.predict_max_queued_notes_per_organisation
+        raise TooManyRequests(
+            f"this organisation already has {limit} notes waiting to be scored (its share of the "
+            f"queue); retry after {busy.retry_after_s} s",
+            code="organisation_queue_share_full",
+            retry_after_s=busy.retry_after_s,
+            limit={"setting": "NOTETUNE_PREDICT_MAX_QUEUED_NOTES_PER_ORGANISATION", "notes": limit},
+        ) from None
     except ServingBusy as busy:
         raise PredictionsBusy(busy.retry_after_s) from None
     try:

@@ -110,6 +110,18 @@ def claim(session: Session, job_id: str, worker: str) -> Job | None:
     return job
 
 
+def claim_fairest(session: Session, worker: str) -> Job | None:
+    """Claim the queued job whose organisation's turn it is (JobRunRepository.fairest_queued); None
+    when nothing is queued. A message names a job, but a worker takes it as a turn: every queued
+    job has a message of its own (sent at submit, re-sent by the monitor), so each message claims
+    at most one job and none is left behind. Of two workers racing for a job, the loser tries the next."""
+    for job_id in JobRunRepository(session).fairest_queued():
+        job = claim(session, job_id, worker)
+        if job is not None:
+            return job
+    return None
+
+
 def run_state(session: Session, job_id: str) -> RunState | None:
     state = JobRunRepository(session).run_state(job_id)
     return RunState(*state) if state is not None else None

@@ -10,6 +10,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from core.db.models import Dataset, Job
+from core.db.repositories import JobRepository
+from core.errors import TooManyRequests
 from core.services.datasets import forget_dataset_file, register_dataset
 from core.services.evaluations import EvaluationSpec, create_evaluation_job
 from core.services.jobs import FinetuneSpec, commit_and_enqueue, create_finetune_job
@@ -48,6 +50,8 @@ def submit_job(
     same Idempotency-Key created. With an upload, the CSV becomes the spec's dataset; a request that
     is refused or replayed stores nothing."""
     caller = _Caller(organisation_id, api_key_id, idempotency_key)
+    if not _is_replay(session, caller):
+        check_active_job_room(session, settings, organisation_id)
     if upload is None:
         job, created = _create_once(session, settings, spec, caller)
     else:
@@ -60,6 +64,30 @@ class _Caller:
     organisation_id: str
     api_key_id: str | None
     idempotency_key: str | None
+
+
+def _is_replay(session: Session, caller: _Caller) -> bool:
+    if caller.idempotency_key is None:
+        return False
+    jobs = JobRepository(session, caller.organisation_id)
+    return jobs.by_idempotency_key(caller.api_key_id, caller.idempotency_key) is not None
+
+
+def check_active_job_room(session: Session, settings: Settings, organisation_id: str) -> None:
+    """One organisation may have so many jobs queued or running at once (429 past it), so that its
+    backlog cannot fill the queue the others share."""
+    active, limit = (
+        JobRepository(session, organisation_id).count_active(),
+        settings.max_active_jobs_per_organisation,
+    )
+    if active >= limit:
+        raise TooManyRequests(
+            f"this organisation already has {active} jobs queued or running, its limit; submit this one "
+            "when one of them has finished",
+            code="too_many_active_jobs",
+            retry_after_s=60,
+            limit={"setting": "NOTETUNE_MAX_ACTIVE_JOBS_PER_ORGANISATION", "jobs": limit},
+        )
 
 
 def _create_once(session: Session, settings: Settings, spec: JobSpec, caller: _Caller) -> tuple[Job, bool]:

@@ -188,6 +188,34 @@ def test_the_batcher_refuses_work_beyond_its_queue_bound(models):
     assert batcher.queued_notes() == len(NOTES)
 
 
+def test_a_flooding_tenant_gets_its_share_and_the_others_are_served_in_turn(models):
+    """Tenant A fills its share of the queue and is refused (TenantBusy) while B is still admitted;
+    once the thread runs, B's single job goes in the first batches, not after all of A's."""
+    from ml.serving import BatchingOptions, MicroBatcher, ModelRequest, TenantBusy
+
+    options = BatchingOptions(max_batch_notes=1, max_queued_notes=64, max_queued_notes_per_tenant=4)
+    batcher = MicroBatcher(ModelCache(), options)  # not started yet: the queue holds what is admitted
+    request = [ModelRequest(models / "full")]
+    flood = [batcher.submit(request, [NOTES[index % len(NOTES)]], tenant="A") for index in range(4)]
+    with pytest.raises(TenantBusy) as busy:
+        batcher.submit(request, [NOTES[0]], tenant="A")
+    assert busy.value.retry_after_s >= 1
+    finished: list[str] = []
+    single = batcher.submit(request, [NOTES[1]], tenant="B")
+    for tenant, futures in (("A", flood), ("B", [single])):
+        for (future,) in futures:
+            future.add_done_callback(lambda _, tenant=tenant: finished.append(tenant))
+    batcher.start()
+    try:
+        single[0].result(timeout=60)
+        for (future,) in flood:
+            future.result(timeout=60)
+    finally:
+        batcher.stop()
+    assert finished.index("B") <= 1, f"B waited behind A's flood: {finished}"
+    assert batcher.queued_notes() == 0
+
+
 def test_a_missing_model_fails_only_its_own_caller(models, tmp_path):
     from ml.serving import BatchingOptions, MicroBatcher, ModelRequest
     from models_store.layout import ModelNotFound

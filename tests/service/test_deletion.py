@@ -219,7 +219,7 @@ def test_a_dataset_a_queued_job_reads_is_409_and_the_models_trained_on_it_stay(
         "models": [],
         "evaluations": [],
         "cancelled_jobs": [job],
-        "kept_models": [model],  # named: its TF-IDF baseline holds n-grams of the deleted notes
+        "kept_models": [model],  # named: its weights were learnt from the deleted notes
     }
     assert not file.exists() and not journal(database)
     assert client.get(f"/datasets/{dataset}", headers=hospital.headers()).status_code == 404
@@ -235,6 +235,38 @@ def test_a_dataset_a_queued_job_reads_is_409_and_the_models_trained_on_it_stay(
         "/jobs/finetune", json={"train_dataset_id": dataset, "method": "lora"}, headers=hospital.headers()
     )
     assert refused.status_code == 404 and error_of(refused)["code"] == "dataset_not_found"
+
+
+def test_delete_models_takes_every_model_learnt_from_the_dataset_and_no_other(
+    client, database, settings, hospital
+):
+    dataset = new_dataset(client, hospital, seed=953)
+    trained = copy_model(database, settings, hospital, dataset=dataset)
+    child = copy_model(database, settings, hospital, parent=trained)  # fine-tuned on other notes
+    unrelated = copy_model(database, settings, hospital)
+    directories = [model_dir(database, settings, model) for model in (trained, child)]
+    reader = queued_job(database, hospital, parent_model_id=child, stage=2)
+    refused = client.delete(f"/datasets/{dataset}?delete_models=true", headers=hospital.headers())
+    assert refused.status_code == 409 and error_of(refused)["details"]["jobs"] == [reader]
+
+    deleted = client.delete(
+        f"/datasets/{dataset}?delete_models=true&cascade=true", headers=hospital.headers()
+    )
+    assert deleted.status_code == 200, deleted.text
+    answer = deleted.json()
+    assert sorted(answer.pop("models")) == sorted([trained, child])
+    assert answer == {"datasets": [dataset], "evaluations": [], "cancelled_jobs": [reader], "kept_models": []}
+    assert not any(directory.exists() for directory in directories)
+    assert client.get(f"/models/{unrelated}", headers=hospital.headers()).status_code == 200
+
+
+def test_without_delete_models_the_models_learnt_from_it_are_named(client, database, settings, hospital):
+    dataset = new_dataset(client, hospital, seed=954)
+    trained = copy_model(database, settings, hospital, dataset=dataset)
+    child = copy_model(database, settings, hospital, parent=trained)
+    deleted = client.delete(f"/datasets/{dataset}", headers=hospital.headers())
+    assert deleted.status_code == 200 and deleted.json()["models"] == []
+    assert deleted.json()["kept_models"] == [trained, child]
 
 
 def test_deleting_an_evaluation_removes_its_scores(client, database, settings, hospital):

@@ -65,7 +65,7 @@ def test_cancel_a_queued_and_a_running_job(client, keys, worker, worker_log, set
 
     # The queued job's message is delivered once the worker is free, and the claim refuses it.
     wait_until(
-        lambda: f"job {queued['id']} is not queued" in worker_log.read_text(errors="replace"),
+        lambda: f"message for job {queued['id']}" in worker_log.read_text(errors="replace"),
         timeout=60,
         message="the cancelled job's message was never consumed",
     )

@@ -22,6 +22,7 @@ TABLES = {
     "worker_heartbeats",
     "organisations",
     "pending_file_deletions",
+    "ui_sessions",
 }
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import threading
 import uuid
 
@@ -192,3 +194,51 @@ def test_everything_the_service_keeps_on_disk_is_owner_only(canary_model, settin
     ]
     assert readable_by_others == []
     assert any(settings.data_dir.rglob("*.csv")) and any(settings.data_dir.rglob("manifest.json"))
+
+
+def everything_the_service_keeps(settings, database, redis_url, logs: list) -> dict[str, bytes]:
+    """Every file under the data directory, every row of every table (as text), the broker's keys
+    and values, and the logs: by where it was found."""
+    kept = {str(path): path.read_bytes() for path in settings.data_dir.rglob("*") if path.is_file()}
+    with database.session() as session:
+        tables = session.execute(
+            text("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")
+        ).scalars()
+        for table in list(tables):
+            rows = session.execute(text(f'SELECT t::text FROM "{table}" t')).scalars().all()
+            kept[f"table {table}"] = "\n".join(rows).encode()
+    broker = redis.Redis.from_url(redis_url)
+    kept["broker"] = redis_contents(broker)
+    broker.close()
+    kept.update({str(log): log.read_bytes() for log in logs})
+    return kept
+
+
+def test_after_a_datasets_deletion_no_byte_of_its_planted_identifiers_is_kept(
+    client, keys, workers, settings, database, redis_url, worker_log, api_log
+):
+    """Identifiers written in a few notes (and in the file's name) are found nowhere the service keeps
+    once the dataset is deleted, though the model trained on it stays."""
+    workers.ensure_running()
+    trainer = keys["trainer"]
+    marker = f"Qzerase{uuid.uuid4().hex[:8]}"
+    identifiers = [f"{marker}son", f"MRN 9{uuid.uuid4().int % 10**7:07d}"]
+    rows = list(csv.reader(io.StringIO(notes_csv(40, seed=402).decode())))[1:]
+    for row in rows[:3]:  # a few notes, as a name and a record number would be
+        row[0] = f"Patient {identifiers[0]} {identifiers[1]}. {row[0]}"
+    dataset = upload(client, trainer, rows_csv(rows), f"{marker} ward list.csv").json()["id"]
+    body = {"train_dataset_id": dataset, "method": "lora", "hyperparameters": SMALL_JOB}
+    job = client.post("/jobs/finetune", json=body, headers=bearer(trainer)).json()
+    done = wait_for_job(client, trainer, job["id"])
+    assert done["status"] == "succeeded", done["error"]
+    needles = [marker, marker.lower(), identifiers[1].split()[1]]
+    before = everything_the_service_keeps(settings, database, redis_url, [worker_log, api_log])
+    assert any(needle.encode() in content for content in before.values() for needle in needles)
+
+    deleted = client.delete(f"/datasets/{dataset}", headers=bearer(trainer))
+    assert deleted.status_code == 200 and deleted.json()["kept_models"] == [done["model_id"]]
+    after = everything_the_service_keeps(settings, database, redis_url, [worker_log, api_log])
+    found = [where for where, content in after.items() for needle in needles if needle.encode() in content]
+    assert found == []
+    model = client.get(f"/models/{done['model_id']}", headers=bearer(trainer))
+    assert model.status_code == 200

@@ -80,7 +80,8 @@ def test_other_routes_answer_during_a_flood_of_predictions(client, keys, served)
         others = [client.get("/jobs", headers=bearer(keys["trainer"])).status_code for _ in range(10)]
         health = [client.get("/healthz").status_code for _ in range(10)]
         statuses = [future.result() for future in predictions]
-    assert set(statuses) <= {200, 503}, statuses
+    # 429: the key's rate or the organisation's share of the queue; 503: the whole queue is full.
+    assert set(statuses) <= {200, 429, 503}, statuses
     assert 200 in statuses
     assert others == [200] * 10
     assert set(health) <= {200, 503}  # 503 only if a dependency is down, never a timeout or 500

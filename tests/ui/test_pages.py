@@ -86,7 +86,7 @@ def test_sign_in_sets_a_signed_httponly_strict_cookie_without_the_key(app, clien
     assert "path=/ui" in cookie.lower() and "max-age=" in cookie.lower()
     value = re.search(r"notetune_ui=([^;]+)", cookie).group(1)
     payload = json.loads(base64.b64decode(value.split(".")[0] + "=="))
-    assert set(payload) == {"key_id", "csrf"}
+    assert set(payload) == {"sid", "csrf"}
     assert keys["trainer"] not in cookie
     assert payload["csrf"] != token  # a token planted before sign-in is not kept
     assert page.get("/ui/models").status_code == 200
@@ -122,10 +122,14 @@ def test_a_post_without_the_sessions_csrf_token_is_refused(trainer, token):
     assert sign_in_without.status_code == 403
 
 
-def test_sign_out_ends_the_session(trainer):
+def test_sign_out_ends_the_session_for_every_copy_of_its_cookie(app, trainer):
+    copy = browser(app)
+    copy.cookies.update(trainer.cookies)  # what someone took from the browser before sign-out
+    assert copy.get("/ui/models").status_code == 200
     response = post_form(trainer, "/ui/sign-out", {}, page="/ui/models")
     assert response.status_code == 303
     assert trainer.get("/ui/models").status_code == 303
+    assert copy.get("/ui/models").status_code == 303  # ended on the server, not only in this browser
 
 
 def test_a_revoked_key_loses_its_pages_at_once(app, client, database):

@@ -6,7 +6,7 @@ from fastapi import Request
 from fastapi.responses import RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import SessionDep
+from api.deps import SessionDep, SettingsDep
 from api.ui.i18n import LANGUAGES, N_
 from api.ui.pages.common import page_router, read_form, text_field
 from api.ui.rendering import error_page, render
@@ -31,19 +31,19 @@ def sign_in_page(request: Request):
 
 
 @router.post("/sign-in")
-async def sign_in(request: Request, session: SessionDep):
+async def sign_in(request: Request, session: SessionDep, settings: SettingsDep):
     key = text_field(await read_form(request), "api_key")
     try:
         principal = await run_in_threadpool(authenticate, session, key)
     except Unauthorized as error:
         return render(request, "sign_in.html", {"error": error.message}, status_code=401)
-    start_session(request, principal)
+    start_session(request, principal, session, settings)
     return RedirectResponse("/ui", status_code=303)
 
 
 @router.post("/sign-out")
-def sign_out(request: Request) -> RedirectResponse:
-    end_session(request)
+def sign_out(request: Request, session: SessionDep) -> RedirectResponse:
+    end_session(request, session)
     return RedirectResponse("/ui/sign-in", status_code=303)
 
 

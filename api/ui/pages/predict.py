@@ -51,6 +51,7 @@ async def predict_note(request: Request, runtime: RuntimeDep, principal: BriefPr
             runtime.predictor,
             spec,
             api_key_id=principal.key_id,
+            rate=runtime.predict_buckets,
             explain=True,
         )
     except UserError as error:

@@ -23,6 +23,13 @@ class DatasetRepository(OwnedRepository):
     def by_sha256(self, sha256: str) -> Dataset | None:
         return self.session.scalar(self._owned(select(Dataset).where(Dataset.sha256 == sha256)))
 
+    def stored_bytes(self) -> int:
+        """Bytes of the notes files the organisation keeps: live datasets whose file is still there."""
+        query = self._owned(select(func.coalesce(func.sum(Dataset.size_bytes), 0))).where(
+            Dataset.deleted_at.is_(None), Dataset.file_deleted_at.is_(None)
+        )
+        return int(self.session.scalar(query) or 0)
+
     def by_path(self, path: str) -> Dataset | None:
         return self.session.scalar(self._owned(select(Dataset).where(Dataset.path == path)))
 

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import case, func, literal, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from core.db.base import UTCDateTime, db_now, utcnow
 from core.db.models import (
@@ -82,6 +82,10 @@ class JobRepository(OwnedRepository):
                 }
         self.session.flush()
 
+    def count_active(self) -> int:
+        query = self._owned(select(func.count()).select_from(Job)).where(Job.status.in_(ACTIVE))
+        return int(self.session.scalar(query) or 0)
+
     def active_reading(self, *, dataset_ids: Sequence[str] = (), model_ids: Sequence[str] = ()) -> list[Job]:
         """Queued or running jobs that read one of these datasets or models: a fine-tune's training
         data or parent, an evaluation's test data or compared models."""
@@ -128,6 +132,30 @@ class JobRunRepository:
             .where(Job.output_model_id.in_(list(model_ids)))
         ).all()
         return {row[0]: (JobStatus(row[1]), int(row[2]), row[3]) for row in rows}
+
+    def fairest_queued(self, limit: int = 8) -> list[str]:
+        """Queued jobs in the order organisations take turns: first the organisations with the fewest
+        jobs running, then the one served longest ago (never served first), then each one's oldest
+        job. One organisation's backlog of many jobs therefore waits its turn behind another's single
+        job instead of holding every worker."""
+        other = aliased(Job)
+        running = (
+            select(func.count())
+            .where(other.organisation_id == Job.organisation_id, other.status == JobStatus.running)
+            .scalar_subquery()
+        )
+        last_served = (
+            select(func.max(other.started_at))
+            .where(other.organisation_id == Job.organisation_id)
+            .scalar_subquery()
+        )
+        query = (
+            select(Job.id)
+            .where(Job.status == JobStatus.queued, Job.cancel_requested.is_(False))
+            .order_by(running, case((last_served.is_(None), 0), else_=1), last_served, Job.created_at, Job.id)
+            .limit(limit)
+        )
+        return list(self.session.scalars(query).all())
 
     def claim(self, job_id: str, worker: str, now: datetime, progress: dict[str, Any]) -> bool:
         """Compare-and-set queued -> running: of two deliveries of one message, only one wins."""

@@ -40,6 +40,12 @@ class ModelRepository(OwnedRepository):
         query = self._owned(select(Model.id)).where(Model.train_dataset_id == dataset_id).order_by(Model.id)
         return list(self.session.scalars(query).all())
 
+    def learnt_from(self, dataset_id: str) -> list[str]:
+        """Live models whose weights were learnt from this dataset's notes: trained on it, and the
+        models fine-tuned from those."""
+        trained = self.trained_on(dataset_id)
+        return trained + [model for model in self.descendants(trained) if model not in trained]
+
     def descendants(self, model_ids: Sequence[str]) -> list[str]:
         """The live models fine-tuned from these, their children and so on, nearest first."""
         found: list[str] = []
