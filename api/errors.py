@@ -16,6 +16,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from python_multipart.multipart import DEFAULT_MAX_HEADER_SIZE as MULTIPART_MAX_HEADER_BYTES
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -64,12 +65,30 @@ async def _http_error(request: Request, error: Exception) -> JSONResponse:
     if error.status_code == 400:
         # Starlette's and FastAPI's answer to a body they cannot parse (not UTF-8 JSON, a broken
         # multipart form): the same 422 as any other body that is not what the endpoint reads.
+        if _part_headers_too_long(error):
+            return error_response(
+                422,
+                "part_headers_too_long",
+                f"a part of the multipart form has headers longer than {MULTIPART_MAX_HEADER_BYTES} bytes: "
+                "most often a file name that long; shorten the file name",
+                {"limit_bytes": MULTIPART_MAX_HEADER_BYTES},
+            )
         return error_response(422, "invalid_body", "the body cannot be parsed as JSON or a multipart form")
     if error.status_code == 405:
         documented = allowed_methods(request)
         if documented:
             headers = {**(headers or {}), "Allow": ", ".join(documented)}
     return error_response(error.status_code, _status_code_name(error.status_code), message, headers=headers)
+
+
+def _part_headers_too_long(error: BaseException) -> bool:
+    """Whether python-multipart gave up on a part's header line (its only limit on a file name)."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if "Maximum header size exceeded" in str(cause):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def allowed_methods(request: Request) -> list[str]:

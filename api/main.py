@@ -165,6 +165,7 @@ def start_predictor(settings: Settings, metrics: ServiceMetrics):
         max_wait_ms=settings.predict_max_wait_ms,
         max_queued_notes=settings.predict_max_queued_notes,
         max_queued_notes_per_tenant=settings.predict_max_queued_notes_per_organisation,
+        contended_pass_ms=settings.predict_contended_pass_ms,
     )
     cache = ModelCache(max_models=settings.model_cache_size)
     return MicroBatcher(cache, options, BatchStats(on_batch=metrics.observe_batch)).start()

@@ -11,8 +11,9 @@ model of the packaged MiniLM for each, then measures in one run:
    worst case); A's answers by status.
 2. /healthz on the API's port, timed from a process of its own every 20 ms: idle, and while A floods
    with 64 clients.
-Both with the default settings (A's share of the prediction queue, a rate per key), and again with
-those two limits off (round-robin turns stay), so the ratios show what the limits add.
+Both with the default settings (A's share of the prediction queue, a rate per key, passes cut short
+while both organisations are active), and again with those three off (round-robin turns stay), so
+the ratios show what they add. `--variant NAME=VALUE,...` adds runs with other settings.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from ml import synth  # noqa: E402
 LIMITS_OFF = {
     "NOTETUNE_PREDICT_MAX_QUEUED_NOTES_PER_ORGANISATION": "1024",
     "NOTETUNE_PREDICT_NOTES_PER_SECOND_PER_KEY": "0",
+    "NOTETUNE_PREDICT_CONTENDED_PASS_MS": "0",
 }
 
 
@@ -160,6 +162,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--flood", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument(
+        "--variant",
+        action="append",
+        metavar="NAME=VALUE[,NAME=VALUE]",
+        help="settings of one more run (NOTETUNE_ names), e.g. NOTETUNE_PREDICT_CONTENDED_PASS_MS=1",
+    )
+    parser.add_argument("--only-variants", action="store_true", help="skip the two standard runs")
     args = parser.parse_args()
     import psycopg
 
@@ -179,19 +188,31 @@ def main() -> None:
         }
         cli(env, "migrate")
         keys = {name: organisation(env, f"Hospital {name}") for name in ("A", "B")}
-        api = ApiHost(env, root, "api", free_port()).start()
+        api, worker = (
+            ApiHost(env, root, "api", free_port()),
+            Host(env, root, "worker", [PYTHON, "-m", "cli.main", "worker"]),
+        )
+        for host in (api, worker):  # one machine, one data directory (no object store here)
+            host.env["NOTETUNE_DATA_DIR"] = env["NOTETUNE_DATA_DIR"]
+        api.start()
         hosts.append(api)
-        worker = Host(env, root, "worker", [PYTHON, "-m", "cli.main", "worker"]).start()
+        worker.start()
         hosts.append(worker)
         hospitals = {name: {"key": key, "model": train_model(api, key)} for name, key in keys.items()}
         worker.stop()
         api.stop()
         notes = list(synth.generate(64, style="narrative", seed=5)["Text"])
-        for label, extra in (
+        variants = [
+            (text, dict(pair.split("=", 1) for pair in text.split(","))) for text in args.variant or []
+        ]
+        standard = [
             ("default settings", {}),
-            ("per-organisation share and key rate off", LIMITS_OFF),
-        ):
-            api = ApiHost({**env, **extra}, root, "api", free_port()).start()
+            ("queue share, key rate and contended cut off (round-robin turns stay)", LIMITS_OFF),
+        ]
+        for label, extra in ([] if args.only_variants else standard) + variants:
+            api = ApiHost({**env, **extra}, root, "api", free_port())
+            api.env["NOTETUNE_DATA_DIR"] = env["NOTETUNE_DATA_DIR"]
+            api.start()
             hosts.append(api)
             for hospital in hospitals.values():
                 predict_seconds(api, hospital["key"], hospital["model"], notes[0])  # loaded before timing

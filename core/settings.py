@@ -110,6 +110,9 @@ class Settings(BaseSettings):
     # Sharing between organisations (docs/limits.md). One organisation may hold this many notes of the
     # prediction queue (its share; over it, 429), and the queue serves organisations in turn.
     predict_max_queued_notes_per_organisation: int = Field(default=256, ge=1)
+    # While several organisations wait for predictions, a forward pass is cut at about this much
+    # estimated work, so no one waits behind a long pass of another's notes (0: never cut).
+    predict_contended_pass_ms: float = Field(default=50.0, ge=0)
     # Each API key may score this many notes a second on average, in bursts of up to the burst size
     # (a token bucket per key and API process; 0 turns it off). Over it: 429 with Retry-After.
     predict_notes_per_second_per_key: float = Field(default=100.0, ge=0)

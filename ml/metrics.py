@@ -424,7 +424,18 @@ def choose_threshold(y_true, prob, mode: str) -> tuple[float, str | None]:
         target = float(mode.split(">=")[1])
         reaching = np.flatnonzero(points["tpr"] >= target - _SENSITIVITY_TOLERANCE)
         best = int(reaching[0])  # the lowest score always reaches sensitivity 1, so this is never empty
-    return float(np.clip(thresholds[best], 0.0, 1.0)), None
+    return _between_scores(thresholds, best), None
+
+
+def _between_scores(thresholds: np.ndarray, best: int) -> float:
+    """Midway between the chosen score and the next lower one: the same decisions on these notes,
+    and none of them sits on the threshold, where the last bit of another machine's arithmetic (a
+    reloaded model, another thread count) would flip it."""
+    chosen = float(thresholds[best])
+    if not math.isfinite(chosen):
+        return float(np.clip(chosen, 0.0, 1.0))
+    lower = float(thresholds[best + 1]) if best + 1 < thresholds.size else 0.0
+    return float(np.clip((chosen + max(lower, 0.0)) / 2.0, 0.0, 1.0))
 
 
 # ---------------------------------------------------------------------------------- temperature scaling

@@ -17,6 +17,11 @@ Sharing between tenants (organisations): each has a queue of its own, the infere
 their jobs in turn (round robin), and one tenant may hold at most `max_queued_notes_per_tenant`
 notes in the queues. So a tenant that floods the service is told to slow down (TenantBusy) while
 another tenant's request waits for at most one of the flood's jobs per batch, not for all of them.
+While several tenants are active (waiting, or served within `contended_window_s`), a batch is also
+cut short once its estimated work reaches `contended_pass_ms`: on a CPU, where a pass costs about
+the same per note however large it is, a full batch of the flood's notes would otherwise keep the
+other tenant waiting for the whole pass and then again for its own. Alone, a tenant gets full
+batches.
 """
 
 from __future__ import annotations
@@ -46,6 +51,12 @@ class BatchingOptions:
     max_wait_ms: float = 5.0
     max_queued_notes: int = 1024
     max_queued_notes_per_tenant: int = 256
+    # While more than one tenant has work waiting, a pass is cut once it holds this much estimated
+    # work, so that nobody waits behind a long pass of another's notes (0: never cut).
+    contended_pass_ms: float = 50.0
+    # A tenant served this recently counts as waiting: a closed-loop caller is between two requests
+    # for a moment, and a full pass of another's notes must not start in that moment.
+    contended_window_s: float = 1.0
 
 
 class ServingBusy(Exception):
@@ -115,6 +126,7 @@ class MicroBatcher:
         # Each tenant's waiting jobs, the tenant whose turn it is first (see _pop_next).
         self._queues: dict[str, deque[_Job]] = {}
         self._queued_by_tenant: dict[str, int] = {}
+        self._last_served: dict[str, float] = {}  # tenant: when its last job was taken (monotonic)
         self._calls: deque[tuple[Callable[[ModelCache], Any], Future]] = deque()
         self._queued_notes = 0
         self._condition = threading.Condition()
@@ -216,7 +228,7 @@ class MicroBatcher:
             batch.append(job)
             notes += len(job.texts)
             tokens += job.tokens
-            if self._full(notes, tokens):
+            if self._full(notes, tokens) or self._cut_for_others(batch, notes):
                 return batch
 
     def _next_job(self, deadline: float | None) -> _Job | None:
@@ -241,12 +253,31 @@ class MicroBatcher:
         if queue:
             self._queues[tenant] = queue
         self._queued_notes -= len(job.texts)
+        self._last_served[tenant] = time.monotonic()
+        if len(self._last_served) > 4 * len(self._queued_by_tenant) + 64:  # forget long-gone tenants
+            cutoff = time.monotonic() - self.options.contended_window_s
+            self._last_served = {name: at for name, at in self._last_served.items() if at >= cutoff}
         left = self._queued_by_tenant[tenant] - len(job.texts)
         if left > 0:
             self._queued_by_tenant[tenant] = left
         else:
             self._queued_by_tenant.pop(tenant, None)
         return job
+
+    def _cut_for_others(self, batch: list[_Job], notes: int) -> bool:
+        """Whether this pass is long enough while another tenant has work waiting, in it, or was served
+        within the last `contended_window_s`."""
+        if self.options.contended_pass_ms <= 0:
+            return False
+        now = time.monotonic()
+        with self._condition:
+            recent = {
+                tenant
+                for tenant, at in self._last_served.items()
+                if now - at < self.options.contended_window_s
+            }
+            tenants = {job.tenant for job in batch} | set(self._queues) | recent
+        return len(tenants) > 1 and notes * self._seconds_per_note * 1000 >= self.options.contended_pass_ms
 
     def _full(self, notes: int, tokens: int) -> bool:
         if not self.options.enabled:

@@ -80,6 +80,9 @@ def service_env(postgres_url, redis_url, service_dir, tiny_bert) -> Iterator[dic
         # Every test client calls from one address and many tests check a 401 on purpose: the throttle
         # is tested with a limit of its own (tests/service/test_fairness.py).
         "NOTETUNE_AUTH_FAILURES_PER_MINUTE": "1000000",
+        # Tests leave jobs of the default organisation queued or running on purpose (the reaper's and
+        # the deletion tests' rows); the limit is tested with a limit of its own.
+        "NOTETUNE_MAX_ACTIVE_JOBS_PER_ORGANISATION": "100000",
         "TOKENIZERS_PARALLELISM": "false",
         "OMP_NUM_THREADS": "1",
     }

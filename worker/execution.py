@@ -164,7 +164,22 @@ def take_turn(runtime: WorkerRuntime, job_id: str, worker: str) -> None:
         return
     if job.id != job_id:
         log.info("message for job %s: job %s has the turn", job_id, job.id)
+        give_back_the_turn(runtime, job_id)
     run_claimed(runtime, job, worker, BODIES[job.kind])
+
+
+def give_back_the_turn(runtime: WorkerRuntime, job_id: str) -> None:
+    """The message's own job, still queued, gets a new message: the job that took this turn may have
+    had none (a message lost, a job put back in the queue by hand), and no job may be left waiting
+    for a message that will not come. A message too many finds nothing queued and does nothing."""
+    with runtime.database.session() as session:
+        job = runs.queued_job(session, job_id)
+    if job is None:
+        return
+    try:
+        runtime.queue.enqueue(job)
+    except Exception as error:  # the monitor re-sends messages of jobs that waited too long
+        log.warning("could not send job %s a new message (%s)", job_id, type(error).__name__)
 
 
 def run_job(

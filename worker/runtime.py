@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from core.db.session import Database
+from core.queue import JobQueue
 from core.settings import Settings
 from core.storage import artifact_store
 from models_store.artifacts import ArtifactStore
@@ -22,6 +24,11 @@ class WorkerRuntime:
         self.settings.ensure_directories()
         self.database = Database(self.settings.sqlalchemy_url)
         self.store = artifact_store(self.settings)
+
+    @cached_property
+    def queue(self) -> JobQueue:
+        """For a message a run sends itself (worker/execution.py take_turn)."""
+        return JobQueue.from_settings(self.settings)
 
     def sweep_partial_models(self) -> int:
         """Remove partial model writes that no live worker can still be writing: a write happens inside

@@ -10,6 +10,7 @@ from api.forms import read_upload
 from api.schemas.common import ListResponse, Text, responses
 from api.schemas.datasets import DatasetRead
 from api.schemas.deletion import DeletionRead
+from api.schemas.jobs import CSV_CONTENT
 from core.db.models import Dataset
 from core.services import datasets as datasets_service
 from core.services import deletion as deletion_service
@@ -34,7 +35,9 @@ def upload_dataset(
     settings: SettingsDep,
     principal: TrainerDep,
     response: Response,
-    file: Annotated[UploadFile, File(description="CSV with columns Text,label (0 survived, 1 died)")],
+    file: Annotated[
+        UploadFile, File(description=f"Labelled notes: {CSV_CONTENT}", json_schema_extra={"minLength": 1})
+    ],
     name: Annotated[Text | None, Form(max_length=200)] = None,
 ) -> DatasetRead:
     """Upload a CSV of labelled notes; validated before anything is stored."""

@@ -20,9 +20,11 @@ def operator(
     """The deployment's operator, not a tenant: the metrics count every organisation's jobs, so no
     organisation's key may read them. The operator's token is NOTETUNE_METRICS_TOKEN."""
     token = runtime.settings.metrics_token
+    if credentials is None:  # as the schema says: the header first, whether metrics are on or off
+        raise Unauthorized("send the operator's metrics token: 'Authorization: Bearer <token>'")
     if token is None:
         raise NotFound("metrics are off: the operator sets NOTETUNE_METRICS_TOKEN to turn them on")
-    sent = credentials.credentials if credentials else ""
+    sent = credentials.credentials
     if not hmac.compare_digest(sent.encode(), token.get_secret_value().encode()):
         raise Unauthorized(
             "send the operator's metrics token: 'Authorization: Bearer <token>'", code="invalid_token"

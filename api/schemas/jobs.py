@@ -164,44 +164,54 @@ class JobEventRead(ReadModel):
     created_at: datetime
 
 
-# The same requests as multipart forms, with the CSV inline: a form field carries text, so structured
-# fields are JSON text, and `models` may also be the field repeated (see api/forms.py).
-FINETUNE_FORM_SCHEMA = {
-    "type": "object",
-    "required": ["file"],
-    "properties": {
-        "file": {"type": "string", "format": "binary", "description": "Training CSV (Text,label)"},
-        "method": {"type": "string", "enum": list(METHODS)},
-        "parent_model_id": {"type": "string"},
-        "base_model": {"type": "string"},
-        "hyperparameters": {"type": "string", "description": 'A JSON object, e.g. {"epochs": 3}'},
-        "name": {"type": "string"},
-    },
-}
-EVALUATE_FORM_SCHEMA = {
-    "type": "object",
-    "required": ["file", "models"],
-    "properties": {
-        "file": {"type": "string", "format": "binary", "description": "Test CSV (Text,label)"},
-        "models": {
-            "type": "array",
-            "items": {"type": "string"},
-            "description": (
-                "Repeat the field once per model, or send one JSON list: "
-                f'["{BASE}", "77de...", "{BASELINE_PREFIX}77de..."]'
-            ),
-        },
-        "thresholds": {"type": "string", "description": 'A JSON object, e.g. {"77de...": 0.3}'},
-        "n_resamples": {"type": "integer"},
-        "seed": {"type": "integer"},
-        "name": {"type": "string"},
-        "subgroup_columns": {
-            "type": "array",
-            "items": {"type": "string"},
-            "description": 'Repeat the field once per column, or send one JSON list: ["ward", "sex"]',
-        },
-    },
-}
+# The same requests as multipart forms, with the CSV inline: derived from the JSON models, so the
+# two say the same (required fields, bounds, enums). A form field carries text, so an object field
+# is JSON text, and a list field may be one JSON list or the field repeated (see api/forms.py).
+CSV_CONTENT = (
+    "a CSV with a Text and a label column (0 survived, 1 died), UTF-8; an empty file, another encoding "
+    "or missing columns are answered 422 naming the problem"
+)
+
+
+def form_schema(
+    model: type[BaseModel], dataset_field: str, file_description: str, object_fields: tuple
+) -> dict:
+    """The multipart form of a JSON request model: `file` in place of the dataset id field."""
+    json_schema = model.model_json_schema()
+    properties: dict[str, Any] = {
+        "file": {
+            "type": "string",
+            "format": "binary",
+            "minLength": 1,
+            "description": f"{file_description}: {CSV_CONTENT}",
+        }
+    }
+    for name, field in json_schema["properties"].items():
+        if name == dataset_field:
+            continue
+        field = _without_null(field)  # a form leaves a field out instead of sending null
+        if name in object_fields:
+            field = {"type": "string", "description": f"{field.get('description', '')} As JSON text.".strip()}
+        elif field.get("type") == "array":
+            field = {
+                **field,
+                "description": f"{field.get('description', '')} Repeat the field, or send one JSON list.",
+            }
+        properties[name] = field
+    required = ["file", *(name for name in json_schema.get("required", []) if name != dataset_field)]
+    return {"type": "object", "required": required, "properties": properties, "additionalProperties": False}
+
+
+def _without_null(field: dict) -> dict:
+    options = [option for option in field.get("anyOf", []) if option.get("type") != "null"]
+    if len(options) != 1:
+        return {key: value for key, value in field.items() if key != "default" or value is not None}
+    kept = {key: value for key, value in field.items() if key not in ("anyOf", "default")}
+    return {**kept, **options[0]}
+
+
+FINETUNE_FORM_SCHEMA = form_schema(FinetuneCreate, "train_dataset_id", "Training notes", ("hyperparameters",))
+EVALUATE_FORM_SCHEMA = form_schema(EvaluateCreate, "test_dataset_id", "Test notes", ("thresholds",))
 FINETUNE_EXAMPLES = {
     "first": {
         "summary": "First fine-tune of the base model",

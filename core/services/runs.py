@@ -110,11 +110,18 @@ def claim(session: Session, job_id: str, worker: str) -> Job | None:
     return job
 
 
+def queued_job(session: Session, job_id: str) -> Job | None:
+    job = JobRunRepository(session).refreshed(job_id)
+    return job if job is not None and job.status == JobStatus.queued and not job.cancel_requested else None
+
+
 def claim_fairest(session: Session, worker: str) -> Job | None:
     """Claim the queued job whose organisation's turn it is (JobRunRepository.fairest_queued); None
     when nothing is queued. A message names a job, but a worker takes it as a turn: every queued
-    job has a message of its own (sent at submit, re-sent by the monitor), so each message claims
-    at most one job and none is left behind. Of two workers racing for a job, the loser tries the next."""
+    job has a message of its own (sent at submit, re-sent by the reaper and the monitor, and sent
+    again when another job took its turn: worker/execution.py give_back_the_turn), so each message
+    claims at most one job and none is left behind. Of two workers racing for a job, the loser
+    tries the next."""
     for job_id in JobRunRepository(session).fairest_queued():
         job = claim(session, job_id, worker)
         if job is not None:

@@ -9,7 +9,7 @@ import hashlib
 import secrets
 from datetime import timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from core.db.base import utcnow
@@ -18,9 +18,16 @@ from core.services.auth import Principal
 
 
 def open_session(session: Session, principal: Principal, max_age_s: int) -> str:
-    """A new session for this key; returns the token for the cookie (the caller commits)."""
+    """A new session for this key; returns the token for the cookie (the caller commits). The key's
+    ended and expired sessions go at the same time, so the table holds live sessions only."""
     token = secrets.token_urlsafe(32)
     now = utcnow()
+    session.execute(
+        delete(UiSession).where(
+            UiSession.key_id == principal.key_id,
+            or_(UiSession.ended_at.is_not(None), UiSession.expires_at <= now),
+        )
+    )
     session.add(
         UiSession(
             token_sha256=_digest(token),

@@ -142,22 +142,31 @@ def test_choose_threshold_fixed():
     assert choose_threshold(CHOICE_LABELS, CHOICE_PROBS, "0.5") == (0.5, None)
 
 
+# A chosen threshold lies midway between the score it selects and the next lower score (the same
+# decisions on these notes, and none sits on the threshold).
 def test_choose_threshold_youden_breaks_ties_towards_higher_threshold():
-    assert choose_threshold(CHOICE_LABELS, CHOICE_PROBS, "youden") == (0.7, None)
+    threshold, note = choose_threshold(CHOICE_LABELS, CHOICE_PROBS, "youden")
+    assert threshold == pytest.approx(0.65) and note is None  # selects 0.7; 0.6 is the next lower
+
+
+@pytest.mark.parametrize("mode", ["youden", "sensitivity>=0.5", "sensitivity>=1"])
+def test_no_validation_score_sits_on_the_chosen_threshold(mode):
+    threshold, _ = choose_threshold(CHOICE_LABELS, CHOICE_PROBS, mode)
+    assert min(abs(p - threshold) for p in CHOICE_PROBS) >= 0.04
 
 
 @pytest.mark.parametrize(
     ("mode", "expected"),
     [
-        ("sensitivity>=0.3", 0.8),  # 1/3
-        ("sensitivity>=0.5", 0.7),  # 2/3
-        ("sensitivity>=0.9", 0.4),  # 3/3
-        ("sensitivity>=1", 0.4),
+        ("sensitivity>=0.3", 0.75),  # 1/3: selects 0.8
+        ("sensitivity>=0.5", 0.65),  # 2/3: selects 0.7
+        ("sensitivity>=0.9", 0.3),  # 3/3: selects 0.4
+        ("sensitivity>=1", 0.3),
     ],
 )
 def test_choose_threshold_sensitivity_picks_highest_threshold_reaching_target(mode, expected):
     threshold, note = choose_threshold(CHOICE_LABELS, CHOICE_PROBS, mode)
-    assert threshold == expected and note is None
+    assert threshold == pytest.approx(expected) and note is None
     assert binary_metrics(CHOICE_LABELS, CHOICE_PROBS, threshold)["sensitivity"] >= float(mode.split(">=")[1])
 
 
@@ -165,7 +174,7 @@ def test_choose_threshold_sensitivity_exact_fraction():
     # Positives score 0.1 .. 1.0; 7 of 10 score >= 0.4, so sensitivity>=0.7 is reached exactly there.
     labels = [1] * 10 + [0]
     probs = [round(0.1 * k, 1) for k in range(1, 11)] + [0.05]
-    assert choose_threshold(labels, probs, "sensitivity>=0.7")[0] == 0.4
+    assert choose_threshold(labels, probs, "sensitivity>=0.7")[0] == pytest.approx(0.35)
 
 
 @pytest.mark.parametrize("mode", ["youden", "sensitivity>=0.8"])

@@ -64,6 +64,17 @@ def test_metrics_need_the_operators_token_and_no_organisations_key(client, keys)
     assert client.get("/metrics", headers=bearer(METRICS_TOKEN)).status_code == 200
 
 
+def test_with_metrics_off_a_request_without_the_header_is_still_401_as_the_schema_says(settings, keys):
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+
+    with TestClient(create_app(settings.model_copy(update={"metrics_token": None}))) as off:
+        assert off.get("/metrics").status_code == 401
+        answer = off.get("/metrics", headers=bearer(keys["admin"]))
+        assert answer.status_code == 404 and "metrics are off" in answer.json()["error"]["message"]
+
+
 @pytest.mark.parametrize(("method", "path"), sorted(REQUIRED_ROLE))
 def test_route_needs_a_valid_key_of_the_right_role(client, keys, method, path):
     url = concrete(path)

@@ -222,6 +222,28 @@ def test_a_nul_in_an_upload_name_is_422_and_in_a_file_name_is_dropped(client, ke
     assert "\u0000" not in response.json()["name"]
 
 
+def test_a_file_name_too_long_for_a_form_part_is_422_naming_the_limit(client, keys):
+    refused = upload(client, keys["trainer"], notes_csv(12, seed=1202), "ward-list-" + "x" * 5000 + ".csv")
+    assert refused.status_code == 422, refused.text
+    error = error_of(refused)
+    assert error["code"] == "part_headers_too_long" and "file name" in error["message"]
+    assert error["details"]["limit_bytes"] >= 4096
+    assert "ward-list" not in refused.text
+
+
+def test_compare_with_an_unknown_well_formed_id_echoes_it_as_other_routes_do(client, keys):
+    unknown = "0123456789abcdef0123456789abcdef"
+    models = client.get("/models", headers=bearer(keys["trainer"])).json()["data"]
+    body = {
+        "model_id": models[0]["id"] if models else unknown,
+        "texts": ["a note"],
+        "compare_with": [unknown],
+    }
+    refused = client.post("/predict", json=body, headers=bearer(keys["predictor"]))
+    assert refused.status_code == 404, refused.text
+    assert error_of(refused)["details"]["id"] == unknown
+
+
 def test_a_note_with_a_nul_byte_is_refused_naming_its_row(client, keys):
     content = rows_csv([("a fine note", 0), ("a note with \u0000 inside", 1), ("another", 0)])
     response = upload(client, keys["trainer"], content)

@@ -125,3 +125,24 @@ def test_schemathesis_finds_no_failures(fuzzed_app, seeded, keys, client):
     summary = Counter(check for _, check, _ in failures)
     report = "\n\n".join(f"{key}\n{detail}" for key, detail in sorted(failures.items()))
     assert not failures, f"{len(failures)} unique failures {dict(summary)}:\n{report}"
+
+
+@pytest.mark.parametrize(
+    ("path", "dataset_field"), [("/jobs/evaluate", "test_dataset_id"), ("/jobs/finetune", "train_dataset_id")]
+)
+def test_the_multipart_forms_say_what_the_json_bodies_say(app, path, dataset_field):
+    """Each form field has its JSON field's bounds and the form requires what the JSON requires (the
+    form schema is derived, not written beside it)."""
+    content = app.openapi()["paths"][path]["post"]["requestBody"]["content"]
+    as_json, as_form = content["application/json"]["schema"], content["multipart/form-data"]["schema"]
+    assert set(as_form["required"]) == {"file", *as_json.get("required", [])} - {dataset_field}
+    for name, field in as_form["properties"].items():
+        if name == "file":
+            assert field["minLength"] == 1 and "422" in field["description"]
+            continue
+        json_field = as_json["properties"][name]
+        for bound in ("minimum", "maximum", "minItems", "maxItems", "enum"):
+            if bound in json_field:
+                assert field[bound] == json_field[bound], (name, bound)
+    if path == "/jobs/evaluate":
+        assert "models" in as_form["required"] and as_form["properties"]["n_resamples"]["maximum"] == 10000

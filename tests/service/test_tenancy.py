@@ -290,3 +290,133 @@ def assert_untouched(client, a: Tenant) -> None:
     assert client.get(f"/jobs/{a.job}", headers=trainer).json()["status"] == "succeeded"
     assert client.get("/models", headers=a.headers("predictor")).status_code == 200  # keys not revoked
     assert client.get("/keys", headers=a.headers("admin")).status_code == 200
+
+
+# ------------------------------------------------------------------------------ the web pages
+
+# Page forms that name objects: one request per object each can name (the rest B's own).
+PAGE_FORM_REFERENCES = {
+    "/ui/predict": [
+        lambda a, b: {"model_id": a.model, "note": "a short note"},
+        lambda a, b: {"model_id": b.model, "note": "a short note", "compare": a.model},
+    ],
+    "/ui/evaluate": [
+        lambda a, b: {"dataset_id": a.dataset, "models": "base"},
+        lambda a, b: {"dataset_id": b.dataset, "models": a.model},
+    ],
+    "/ui/finetune": [
+        lambda a, b: {"dataset_id": a.dataset, "method": "lora"},
+        lambda a, b: {"dataset_id": b.dataset, "parent_model_id": a.model, "stage": "2"},
+    ],
+}
+# Page routes without an id in the path and no form naming another organisation's object.
+PAGES_WITHOUT_REFERENCES = {
+    ("GET", "/ui"),
+    ("GET", "/ui/sign-in"),
+    ("POST", "/ui/sign-in"),
+    ("POST", "/ui/sign-out"),
+    ("POST", "/ui/language"),
+    ("GET", "/ui/datasets"),
+    ("POST", "/ui/datasets"),
+    ("GET", "/ui/evaluate"),
+    ("GET", "/ui/models"),
+    ("GET", "/ui/predict"),
+    ("GET", "/ui/finetune"),
+    ("GET", "/ui/finetune/second"),  # its ?parent= is checked below
+    ("GET", "/ui/jobs"),
+    ("GET", "/ui/{path:path}"),  # any other /ui path: the not-found page
+}
+
+
+def page_routes(app) -> list[tuple[str, str]]:
+    """Every /ui route (this FastAPI nests included routers: their routes are read through each
+    included router's effective routes)."""
+    found = set()
+    for entry in app.routes:
+        routes = entry.effective_route_contexts() if hasattr(entry, "effective_route_contexts") else [entry]
+        for route in routes:
+            path = getattr(route, "path", "") or ""
+            for method in getattr(route, "methods", None) or ():
+                if path.startswith("/ui") and method != "HEAD":
+                    found.add((method, path))
+    assert ("GET", "/ui/models") in found, "the page routes were not found"
+    return sorted(found)
+
+
+def signed_in_pages(app, tenant: Tenant) -> dict[str, object]:
+    from tests.ui.helpers import browser, sign_in
+
+    pages = {}
+    for role in ROLES:
+        pages[role] = browser(app)
+        sign_in(pages[role], tenant.keys[role])
+    return pages
+
+
+# Each form page draws a fresh submission token (its Idempotency-Key): not part of the comparison.
+SUBMISSION_TOKEN = re.compile(r'(name="submission" value=")[^"]*"')
+
+
+def page_text(response, a_ids=()) -> str:
+    text = SUBMISSION_TOKEN.sub(r'\1"', response.text)
+    for a_id in a_ids:
+        text = text.replace(a_id, UNKNOWN_ID)
+    return text
+
+
+def as_if_missing(response, missing, a_id: str) -> None:
+    """The page B gets for A's object is the page it gets for an object that exists nowhere."""
+    assert response.status_code == missing.status_code, (response.status_code, missing.status_code)
+    assert page_text(response, [a_id]) == page_text(missing)
+
+
+def test_every_page_route_is_in_the_matrix(app):
+    for method, path in page_routes(app):
+        has_id = any(name in path for name in PATH_OBJECTS)
+        assert has_id or path in PAGE_FORM_REFERENCES or (method, path) in PAGES_WITHOUT_REFERENCES, (
+            f"{method} {path}: say how the page names objects"
+        )
+
+
+def test_pages_with_an_id_of_another_organisation_answer_as_for_a_missing_one(app, client, tenants):
+    from tests.ui.helpers import csrf_of
+
+    a, b = tenants
+    pages = signed_in_pages(app, b)
+    routes = [(m, p) for m, p in page_routes(app) if any(name in p for name in PATH_OBJECTS)]
+    assert ("GET", "/ui/models/{model_id}") in routes and ("POST", "/ui/jobs/{job_id}/cancel") in routes
+    for method, path in routes:
+        url = concrete(path, objects_of(a))
+        missing_url = concrete(path, dict.fromkeys(objects_of(a), UNKNOWN_ID))
+        a_id = next(value for value in objects_of(a).values() if value in url)
+        for role, page in pages.items():
+            data = {"csrf_token": csrf_of(page, "/ui/predict")} if method == "POST" else None
+            response = page.request(method, url, data=data)
+            missing = page.request(method, missing_url, data=data)
+            as_if_missing(response, missing, a_id)
+            assert response.status_code in (303, 403, 404), (method, path, role, response.status_code)
+            assert not leaked(response, a, url), (method, path, role)
+    parent = pages["trainer"].get(f"/ui/finetune/second?parent={a.model}")
+    missing = pages["trainer"].get(f"/ui/finetune/second?parent={UNKNOWN_ID}")
+    as_if_missing(parent, missing, a.model)
+    assert_untouched(client, a)
+
+
+def test_page_forms_naming_another_organisations_objects_answer_as_for_missing_ones(app, client, tenants):
+    from tests.ui.helpers import csrf_of
+
+    a, b = tenants
+    pages = signed_in_pages(app, b)
+    nobody = Tenant("nobody", UNKNOWN_ID, dataset=UNKNOWN_ID, model=UNKNOWN_ID)
+    for path, variants in PAGE_FORM_REFERENCES.items():
+        for variant in variants:
+            form = variant(a, b)
+            a_ids = [value for value in form.values() if value in a.ids()]
+            for role, page in pages.items():
+                token = {"csrf_token": csrf_of(page, "/ui/predict")}
+                response = page.post(path, data={**form, **token})
+                missing = page.post(path, data={**variant(nobody, b), **token})
+                assert response.status_code == missing.status_code, (path, form, role)
+                assert page_text(response, a_ids) == page_text(missing), (path, form, role)
+                assert not leaked(response, a, str(form)), (path, form, role)
+    assert_untouched(client, a)
