@@ -35,7 +35,16 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.multi_host import ADMIN_DSN, PYTHON, ApiHost, Host, cli, free_port, predict_seconds, train_model  # noqa: E402
+from bench.multi_host import (  # noqa: E402
+    PYTHON,
+    ApiHost,
+    Host,
+    cli,
+    free_port,
+    predict_seconds,
+    scratch_database,
+    train_model,
+)
 from ml import synth  # noqa: E402
 
 LIMITS_OFF = {
@@ -170,65 +179,61 @@ def main() -> None:
     )
     parser.add_argument("--only-variants", action="store_true", help="skip the two standard runs")
     args = parser.parse_args()
-    import psycopg
-
     root = Path(tempfile.mkdtemp(prefix="bench-fair-"))
-    database = f"notetune_bench_{uuid.uuid4().hex[:8]}"
     hosts: list[Host] = []
-    try:
-        with psycopg.connect(ADMIN_DSN, autocommit=True) as connection:
-            connection.execute(f'CREATE DATABASE "{database}"')
-        env = {
-            **{name: value for name, value in os.environ.items() if not name.startswith("NOTETUNE_")},
-            "DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}",
-            "CELERY_BROKER_URL": "redis://127.0.0.1:6379/13",
-            "NOTETUNE_QUEUE_NAME": f"bench-{uuid.uuid4().hex[:8]}",
-            "NOTETUNE_DATA_DIR": str(root / "data"),
-            "TOKENIZERS_PARALLELISM": "false",
-        }
-        cli(env, "migrate")
-        keys = {name: organisation(env, f"Hospital {name}") for name in ("A", "B")}
-        api, worker = (
-            ApiHost(env, root, "api", free_port()),
-            Host(env, root, "worker", [PYTHON, "-m", "cli.main", "worker"]),
-        )
-        for host in (api, worker):  # one machine, one data directory (no object store here)
-            host.env["NOTETUNE_DATA_DIR"] = env["NOTETUNE_DATA_DIR"]
+    with scratch_database() as database:
+        try:
+            run_all(args, root, database, hosts)
+        finally:
+            for host in hosts:
+                host.stop()
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def run_all(args, root: Path, database: str, hosts: list[Host]) -> None:
+    env = {
+        **{name: value for name, value in os.environ.items() if not name.startswith("NOTETUNE_")},
+        "DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}",
+        "CELERY_BROKER_URL": "redis://127.0.0.1:6379/13",
+        "NOTETUNE_QUEUE_NAME": f"bench-{uuid.uuid4().hex[:8]}",
+        "NOTETUNE_DATA_DIR": str(root / "data"),
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    cli(env, "migrate")
+    keys = {name: organisation(env, f"Hospital {name}") for name in ("A", "B")}
+    api, worker = (
+        ApiHost(env, root, "api", free_port()),
+        Host(env, root, "worker", [PYTHON, "-m", "cli.main", "worker"]),
+    )
+    for host in (api, worker):  # one machine, one data directory (no object store here)
+        host.env["NOTETUNE_DATA_DIR"] = env["NOTETUNE_DATA_DIR"]
+    api.start()
+    hosts.append(api)
+    worker.start()
+    hosts.append(worker)
+    hospitals = {name: {"key": key, "model": train_model(api, key)} for name, key in keys.items()}
+    worker.stop()
+    api.stop()
+    notes = list(synth.generate(64, style="narrative", seed=5)["Text"])
+    variants = [(text, dict(pair.split("=", 1) for pair in text.split(","))) for text in args.variant or []]
+    standard = [
+        ("default settings", {}),
+        ("queue share, key rate and contended cut off (round-robin turns stay)", LIMITS_OFF),
+    ]
+    for label, extra in ([] if args.only_variants else standard) + variants:
+        api = ApiHost({**env, **extra}, root, "api", free_port())
+        api.env["NOTETUNE_DATA_DIR"] = env["NOTETUNE_DATA_DIR"]
         api.start()
         hosts.append(api)
-        worker.start()
-        hosts.append(worker)
-        hospitals = {name: {"key": key, "model": train_model(api, key)} for name, key in keys.items()}
-        worker.stop()
+        for hospital in hospitals.values():
+            predict_seconds(api, hospital["key"], hospital["model"], notes[0])  # loaded before timing
+        row = measure(api, hospitals["A"], hospitals["B"], notes, args.flood, args.seconds)
         api.stop()
-        notes = list(synth.generate(64, style="narrative", seed=5)["Text"])
-        variants = [
-            (text, dict(pair.split("=", 1) for pair in text.split(","))) for text in args.variant or []
-        ]
-        standard = [
-            ("default settings", {}),
-            ("queue share, key rate and contended cut off (round-robin turns stay)", LIMITS_OFF),
-        ]
-        for label, extra in ([] if args.only_variants else standard) + variants:
-            api = ApiHost({**env, **extra}, root, "api", free_port())
-            api.env["NOTETUNE_DATA_DIR"] = env["NOTETUNE_DATA_DIR"]
-            api.start()
-            hosts.append(api)
-            for hospital in hospitals.values():
-                predict_seconds(api, hospital["key"], hospital["model"], notes[0])  # loaded before timing
-            row = measure(api, hospitals["A"], hospitals["B"], notes, args.flood, args.seconds)
-            api.stop()
-            report(
-                f"{label}: A floods with {args.flood} clients, {args.seconds:g} s a cell "
-                f"({os.cpu_count()} cores)",
-                row,
-            )
-    finally:
-        for host in hosts:
-            host.stop()
-        with psycopg.connect(ADMIN_DSN, autocommit=True) as connection:
-            connection.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        shutil.rmtree(root, ignore_errors=True)
+        report(
+            f"{label}: A floods with {args.flood} clients, {args.seconds:g} s a cell "
+            f"({os.cpu_count()} cores)",
+            row,
+        )
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ own), a worker host and two API hosts with no shared path (`notetune worker`, `n
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import statistics
@@ -27,6 +28,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -40,6 +42,21 @@ from tests.s3_server import S3Server  # noqa: E402
 PYTHON = sys.executable
 ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 TRAINING = {"epochs": 1, "warmup_steps": 2, "head_init": "random"}
+
+
+@contextlib.contextmanager
+def scratch_database() -> Iterator[str]:
+    """A PostgreSQL database of the benchmark's own (its name), dropped afterwards."""
+    import psycopg
+
+    name = f"notetune_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield name
+    finally:
+        with psycopg.connect(ADMIN_DSN, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 class Host:
@@ -195,17 +212,15 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=20.0)
     args = parser.parse_args()
-    import psycopg
 
+    stack = contextlib.ExitStack()
     root = Path(tempfile.mkdtemp(prefix="bench-hosts-"))
-    database = f"notetune_bench_{uuid.uuid4().hex[:8]}"
     server = S3Server(root / "s3", root / "weed.log").start()
     hosts: list[Host] = []
     try:
         bucket = f"bench-{uuid.uuid4().hex[:8]}"
         server.create_bucket(bucket)
-        with psycopg.connect(ADMIN_DSN, autocommit=True) as connection:
-            connection.execute(f'CREATE DATABASE "{database}"')
+        database = stack.enter_context(scratch_database())
         env = {
             **{name: value for name, value in os.environ.items() if not name.startswith("NOTETUNE_")},
             **server.credentials,
@@ -275,8 +290,7 @@ def main() -> None:
         for host in hosts:
             host.stop()
         server.stop()
-        with psycopg.connect(ADMIN_DSN, autocommit=True) as connection:
-            connection.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        stack.close()
         shutil.rmtree(root, ignore_errors=True)
 
 
