@@ -119,6 +119,10 @@ class StoredVocabulary:
     def n_features(self) -> int:
         return len(self.vectoriser.vocabulary_)
 
+    @property
+    def min_df(self) -> int:
+        return int(self.vectoriser.min_df)
+
     def transform(self, texts: list[str]) -> scipy.sparse.csr_matrix:
         return self.vectoriser.transform(texts)
 
@@ -235,7 +239,7 @@ def fit_on_families(
         },
         "fitted_on": "the training split only; the validation split chose C and was never fitted on",
         "features": {name: family.n_features for name, family in families.items()},
-        "min_document_frequency": {name: _min_df(family) for name, family in families.items()},
+        "min_document_frequency": {name: family.min_df for name, family in families.items()},
         "train_rows": int(train_y.size),
         "fit_seconds": round(time.perf_counter() - started, 3),
     }
@@ -341,10 +345,6 @@ def _hashed_families(settings: dict, arrays) -> dict[str, HashedTfidf]:
         )
         for entry in settings["families"]
     }
-
-
-def _min_df(family: Family) -> int:
-    return family.min_df if isinstance(family, HashedTfidf) else int(family.vectoriser.min_df)
 
 
 def _stored_vocabularies(settings: dict, arrays) -> dict[str, StoredVocabulary]:

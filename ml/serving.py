@@ -62,19 +62,17 @@ class BatchingOptions:
 class ServingBusy(Exception):
     """The queue is full: the caller should retry after `retry_after_s`."""
 
+    what = "the prediction queue is full"
+
     def __init__(self, retry_after_s: int) -> None:
-        super().__init__(f"the prediction queue is full; retry after {retry_after_s} s")
+        super().__init__(f"{self.what}; retry after {retry_after_s} s")
         self.retry_after_s = retry_after_s
 
 
 class TenantBusy(ServingBusy):
     """This tenant already holds its share of the queue; others may still be admitted."""
 
-    def __init__(self, retry_after_s: int) -> None:
-        super().__init__(retry_after_s)
-        self.args = (
-            f"this organisation's share of the prediction queue is full; retry after {retry_after_s} s",
-        )
+    what = "this organisation's share of the prediction queue is full"
 
 
 @dataclass(frozen=True)
